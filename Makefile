@@ -1,0 +1,34 @@
+# Everything a fresh machine (Python 3.11+, Node/npm) needs goes through these targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install run test lint format bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Set up everything and serve the API on 127.0.0.1:$(PORT) with a local data plane.
+run: install
+	LOCAL_MODE=true SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} $(PY) -m src serve
+
+## Set up everything and run the test suite (it starts its own data plane).
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests alembic
+	$(VENV)/bin/ruff format --check src tests alembic
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff format src tests alembic
+	$(VENV)/bin/ruff check --fix src tests alembic
+
+clean:
+	rm -rf $(VENV) .local .tools

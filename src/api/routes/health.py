@@ -1,0 +1,29 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from src.api.deps import HealthServiceDep
+from src.schemas.common import error_responses
+from src.schemas.health import HealthPublic
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Process is up", status_code=status.HTTP_200_OK)
+async def healthz() -> HealthPublic:
+    """Answers as long as the process serves requests; touches nothing else."""
+    return HealthPublic(status="ok")
+
+
+@router.get(
+    "/readyz",
+    summary="Data plane is reachable",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(503),
+)
+async def readyz(health: HealthServiceDep) -> HealthPublic:
+    """One PostgREST round trip to Postgres; 503 with Retry-After when it fails."""
+    await health.check_data_plane()
+    return HealthPublic(status="ok")

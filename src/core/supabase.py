@@ -1,0 +1,83 @@
+"""The one Supabase AsyncClient of the process (made in the lifespan, closed on shutdown)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import httpx
+from postgrest.exceptions import APIError
+from supabase import AsyncClient, AsyncClientOptions
+from yarl import URL
+
+from src.core.config import Settings
+from src.core.errors import DataPlaneUnavailableError
+
+logger = logging.getLogger(__name__)
+
+# PostgREST codes for "cannot reach / use the database right now", and the Postgres
+# SQLSTATE classes that mean the same (connection exception, insufficient resources,
+# operator intervention such as a shutdown, statement timeout).
+_TRANSIENT_POSTGREST_CODES = {"PGRST000", "PGRST001", "PGRST002", "PGRST003", "502", "503", "504"}
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57", "40001", "40P01")
+
+
+@dataclass(frozen=True)
+class DataPlaneEndpoint:
+    """Where the REST layer is and the key that opens it."""
+
+    rest_url: str
+    service_role_key: str
+
+
+def endpoint_from_settings(settings: Settings) -> DataPlaneEndpoint:
+    assert settings.supabase_url and settings.supabase_service_role_key
+    rest_url = settings.supabase_rest_url or f"{settings.supabase_url}/rest/v1"
+    return DataPlaneEndpoint(rest_url=rest_url, service_role_key=settings.supabase_service_role_key)
+
+
+def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> AsyncClient:
+    """Build the shared client for our schema, pointing at the REST layer directly.
+
+    Retries are off: the SDK's backoff reaches 30 s, longer than any request should hang;
+    an outage becomes a 503 the caller can retry.
+    """
+    timeout = httpx.Timeout(settings.data_plane_timeout_seconds, connect=3.0)
+    http_client = httpx.AsyncClient(
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+        http2=False,
+    )
+    options = AsyncClientOptions(
+        schema=settings.db_schema,
+        httpx_client=http_client,
+        postgrest_client_retry=False,
+        auto_refresh_token=False,
+        persist_session=False,
+    )
+    base_url = settings.supabase_url or endpoint.rest_url
+    client = AsyncClient(base_url, endpoint.service_role_key, options)
+    # supabase-py derives `<url>/rest/v1`; a bare PostgREST serves at its root.
+    client.rest_url = URL(endpoint.rest_url)
+    return client
+
+
+async def close_supabase_client(client: AsyncClient) -> None:
+    await client.postgrest.aclose()
+    http_client = client.options.httpx_client
+    if http_client is not None:
+        await http_client.aclose()
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    if isinstance(exc, APIError):
+        code = exc.code or ""
+        return code in _TRANSIENT_POSTGREST_CODES or code.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
+    return False
+
+
+def data_plane_error(exc: BaseException) -> DataPlaneUnavailableError:
+    logger.warning("data plane unavailable: %s", type(exc).__name__)
+    return DataPlaneUnavailableError()

@@ -1,0 +1,120 @@
+"""App factory and lifespan: one Supabase client, one OpenAI client, routers under /api/v1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import fastapi_offline
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from src.api.error_handlers import install_error_handlers
+from src.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from src.api.routes import health
+from src.core.config import Settings, get_settings
+from src.core.openai import create_openai_client
+from src.core.state import AppState
+from src.core.supabase import (
+    DataPlaneEndpoint,
+    close_supabase_client,
+    create_supabase_client,
+    endpoint_from_settings,
+)
+
+logger = logging.getLogger("src.main")
+
+API_PREFIX = "/api/v1"
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_ASSETS_URL = "/static/docs"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+    settings: Settings = app.state.settings
+    settings.require_data_plane()
+    local_plane = None
+    if settings.uses_local_data_plane:
+        from src.local.dataplane import LocalDataPlane
+
+        local_plane = LocalDataPlane(
+            data_dir=settings.local_data_dir,
+            database_url=settings.database_url,
+            jwt_secret=settings.supabase_jwt_secret,
+            postgrest_bin=settings.postgrest_bin,
+            schema=settings.db_schema,
+        )
+        info = await asyncio.to_thread(local_plane.start)
+        endpoint = DataPlaneEndpoint(rest_url=info.rest_url, service_role_key=info.service_role_key)
+        # Tokens this process verifies are signed with the local secret.
+        settings = settings.model_copy(update={"supabase_jwt_secret": info.jwt_secret})
+    else:
+        endpoint = endpoint_from_settings(settings)
+
+    supabase = create_supabase_client(endpoint, settings)
+    openai = create_openai_client(settings)
+    state = AppState(settings=settings, supabase=supabase, openai=openai)
+    try:
+        yield {"app_state": state}
+    finally:
+        await close_supabase_client(supabase)
+        if openai is not None:
+            await openai.close()
+        if local_plane is not None:
+            await asyncio.to_thread(local_plane.stop)
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI from a Python package's assets: /docs works with no internet."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s %(message)s")
+    # httpx logs every request URL at INFO: noise on the hot path.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    app = FastAPI(
+        title="autopilot-api",
+        version="0.1.0",
+        summary="Discovery sessions, profiles and the AI agent of the automation-ROI app.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    _install_docs(app)
+
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key",
+                       "Last-Event-ID", "X-Request-ID"],
+        expose_headers=["ETag", "Retry-After", "X-Request-ID"],
+        max_age=600,
+    )
+
+    app.include_router(health.router)
+    return app

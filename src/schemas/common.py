@@ -1,0 +1,51 @@
+"""Shared wire shapes: the error envelope (documented on every route) and base models."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+
+class CamelModel(BaseModel):
+    """Responses: camelCase on the wire."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class CamelInput(BaseModel):
+    """Requests: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    category: Literal["user_fixable", "admin_required", "temporary"]
+    details: Any = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status it can return, with the envelope schema."""
+    descriptions = {
+        400: "Malformed request",
+        401: "Missing or invalid credentials",
+        403: "Not allowed",
+        404: "Not found",
+        409: "Conflict with the current state",
+        412: "The resource changed (stale If-Match)",
+        413: "Body too large",
+        422: "Validation error",
+        429: "Too many requests (see Retry-After)",
+        503: "A dependency is temporarily unavailable (see Retry-After)",
+    }
+    return {
+        status: {"model": ErrorEnvelope, "description": descriptions.get(status, "Error")}
+        for status in statuses
+    }
