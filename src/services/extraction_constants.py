@@ -1,0 +1,364 @@
+"""The discovery-question and ROI-input catalogue shared by the server and the SPA.
+
+Everything that names a question (agent prompts, answer extraction, profile storage, the SPA's
+progress display) reads it from here, so a key or label is changed in exactly one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final, Literal
+
+QuestionGroup = Literal["facility", "operations", "staffing", "goals", "budget_timeline"]
+QuestionKind = Literal["text", "number", "choice", "boolean"]
+
+QUESTION_GROUPS: Final[tuple[QuestionGroup, ...]] = (
+    "facility",
+    "operations",
+    "staffing",
+    "goals",
+    "budget_timeline",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryQuestion:
+    id: int
+    key: str
+    label: str
+    group: QuestionGroup
+    kind: QuestionKind
+    options: tuple[str, ...] = ()
+    unit: str | None = None
+
+    def __post_init__(self) -> None:
+        # Fail at import time rather than letting a malformed entry reach the agent or the SPA.
+        if not self.label.endswith("?"):
+            raise ValueError(f"question {self.key!r}: label must be phrased as a question")
+        if (self.kind == "choice") != bool(self.options):
+            raise ValueError(
+                f"question {self.key!r}: options are required for, and only for, choice"
+            )
+        if self.unit is not None and self.kind != "number":
+            raise ValueError(f"question {self.key!r}: only number questions carry a unit")
+
+
+@dataclass(frozen=True, slots=True)
+class RoiInputSpec:
+    key: str
+    label: str
+    minimum: float
+    maximum: float | None
+    unit: str
+
+
+def _q(
+    id: int,
+    key: str,
+    label: str,
+    group: QuestionGroup,
+    kind: QuestionKind,
+    *,
+    options: tuple[str, ...] = (),
+    unit: str | None = None,
+) -> DiscoveryQuestion:
+    return DiscoveryQuestion(
+        id=id, key=key, label=label, group=group, kind=kind, options=options, unit=unit
+    )
+
+
+DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
+    # facility
+    _q(
+        1,
+        "facility_type",
+        "What type of facility is this?",
+        "facility",
+        "choice",
+        options=(
+            "warehouse / distribution center",
+            "manufacturing plant",
+            "fulfillment center",
+            "cold storage",
+            "retail back-of-house",
+            "other",
+        ),
+    ),
+    _q(
+        2,
+        "facility_size_sqft",
+        "How large is the facility, in square feet?",
+        "facility",
+        "number",
+        unit="sq ft",
+    ),
+    _q(
+        3,
+        "facility_location",
+        "Where is the facility located (city and region)?",
+        "facility",
+        "text",
+    ),
+    _q(4, "number_of_sites", "How many sites or facilities do you operate?", "facility", "number"),
+    _q(
+        5,
+        "operating_hours_per_day",
+        "How many hours per day does the facility operate?",
+        "facility",
+        "number",
+        unit="hours/day",
+    ),
+    _q(
+        6,
+        "operating_days_per_week",
+        "How many days per week does the facility operate?",
+        "facility",
+        "number",
+        unit="days/week",
+    ),
+    # operations
+    _q(
+        7,
+        "primary_processes",
+        "Which processes are you looking to automate (e.g. picking, packing, palletizing)?",
+        "operations",
+        "text",
+    ),
+    _q(
+        8,
+        "daily_throughput_units",
+        "How many units, orders or pallets do you handle on a typical day?",
+        "operations",
+        "number",
+        unit="units/day",
+    ),
+    _q(9, "sku_count", "Roughly how many distinct SKUs do you handle?", "operations", "number"),
+    _q(
+        10,
+        "current_automation_level",
+        "How automated are your operations today?",
+        "operations",
+        "choice",
+        options=("fully manual", "some automation", "mostly automated"),
+    ),
+    _q(
+        11,
+        "biggest_bottleneck",
+        "What is the biggest bottleneck in your operation right now?",
+        "operations",
+        "text",
+    ),
+    _q(
+        12,
+        "error_damage_rate",
+        "What share of orders or units end up with errors or damage, as a percentage?",
+        "operations",
+        "number",
+        unit="%",
+    ),
+    # staffing
+    _q(
+        13,
+        "floor_headcount",
+        "How many people work on the floor per shift?",
+        "staffing",
+        "number",
+        unit="people",
+    ),
+    _q(14, "shifts_per_day", "How many shifts do you run per day?", "staffing", "number"),
+    _q(
+        15,
+        "labor_turnover_rate",
+        "What is your annual labor turnover rate, as a percentage?",
+        "staffing",
+        "number",
+        unit="%/year",
+    ),
+    _q(
+        16,
+        "hard_to_fill_roles",
+        "Which roles are hardest to fill or keep staffed?",
+        "staffing",
+        "text",
+    ),
+    _q(
+        17,
+        "average_hourly_wage",
+        "What is the average hourly wage for floor staff (USD)?",
+        "staffing",
+        "number",
+        unit="USD/hour",
+    ),
+    # goals
+    _q(
+        18,
+        "primary_goal",
+        "What is the main thing you want automation to achieve?",
+        "goals",
+        "choice",
+        options=(
+            "reduce labor cost",
+            "increase throughput",
+            "improve accuracy",
+            "improve safety",
+            "cover labor shortages",
+            "other",
+        ),
+    ),
+    _q(
+        19,
+        "success_metric",
+        "How will you measure whether the project is a success?",
+        "goals",
+        "text",
+    ),
+    _q(
+        20,
+        "other_goals",
+        "Are there any other goals you want this project to support?",
+        "goals",
+        "text",
+    ),
+    # budget_timeline
+    _q(
+        21,
+        "budget_range",
+        "What budget range are you considering for this project?",
+        "budget_timeline",
+        "choice",
+        options=(
+            "under $100k",
+            "$100k-$250k",
+            "$250k-$500k",
+            "$500k-$1M",
+            "over $1M",
+            "not sure yet",
+        ),
+    ),
+    _q(
+        22,
+        "budget_approved",
+        "Has budget for this project already been approved?",
+        "budget_timeline",
+        "boolean",
+    ),
+    _q(
+        23,
+        "desired_timeline",
+        "When would you like the automation to be up and running?",
+        "budget_timeline",
+        "choice",
+        options=(
+            "within 3 months",
+            "3-6 months",
+            "6-12 months",
+            "more than 12 months",
+            "just exploring",
+        ),
+    ),
+    _q(
+        24,
+        "decision_makers",
+        "Who else is involved in approving this decision?",
+        "budget_timeline",
+        "text",
+    ),
+    _q(
+        25,
+        "financing_preference",
+        "How would you prefer to pay for the automation?",
+        "budget_timeline",
+        "choice",
+        options=(
+            "outright purchase",
+            "lease",
+            "robots-as-a-service subscription",
+            "financing",
+            "not sure yet",
+        ),
+    ),
+)
+
+QUESTION_KEYS_IN_ORDER: Final[tuple[str, ...]] = tuple(q.key for q in DISCOVERY_QUESTIONS)
+VALID_QUESTION_KEYS: Final[frozenset[str]] = frozenset(QUESTION_KEYS_IN_ORDER)
+QUESTION_BY_KEY: Final[Mapping[str, DiscoveryQuestion]] = MappingProxyType(
+    {q.key: q for q in DISCOVERY_QUESTIONS}
+)
+
+# camelCase because these are the SPA's ROI-calculator field names, passed through verbatim.
+ROI_INPUT_KEYS: Final[tuple[str, ...]] = (
+    "laborRate",
+    "utilization",
+    "maintenanceFactor",
+    "manualMonthlySpend",
+    "manualMonthlyHours",
+)
+
+ROI_INPUTS: Final[tuple[RoiInputSpec, ...]] = (
+    RoiInputSpec(
+        key="laborRate",
+        label="What is your fully loaded labor rate per hour (USD)?",
+        minimum=0.0,
+        maximum=None,
+        unit="USD/hour",
+    ),
+    RoiInputSpec(
+        key="utilization",
+        label="What fraction of operating time would the automation be in use (0 to 1)?",
+        minimum=0.0,
+        maximum=1.0,
+        unit="fraction",
+    ),
+    RoiInputSpec(
+        key="maintenanceFactor",
+        label="What fraction of the automation's cost should be set aside for maintenance "
+        "(0 to 1)?",
+        minimum=0.0,
+        maximum=1.0,
+        unit="fraction",
+    ),
+    RoiInputSpec(
+        key="manualMonthlySpend",
+        label="How much do you spend per month on the manual work automation would replace (USD)?",
+        minimum=0.0,
+        maximum=None,
+        unit="USD/month",
+    ),
+    RoiInputSpec(
+        key="manualMonthlyHours",
+        label="How many labor hours per month go into the work automation would replace?",
+        minimum=0.0,
+        maximum=None,
+        unit="hours/month",
+    ),
+)
+
+PHASE_DISPLAY_NAMES: Final[Mapping[str, str]] = MappingProxyType(
+    {"discovery": "Discovery", "roi": "ROI analysis", "greenlight": "Greenlight"}
+)
+
+# Catch drift between the hand-written tables above as soon as the module is imported.
+if len(QUESTION_BY_KEY) != len(DISCOVERY_QUESTIONS):
+    raise RuntimeError("duplicate discovery question keys")
+if tuple(q.id for q in DISCOVERY_QUESTIONS) != tuple(range(1, len(DISCOVERY_QUESTIONS) + 1)):
+    raise RuntimeError("discovery question ids must run 1..N in asking order")
+if tuple(spec.key for spec in ROI_INPUTS) != ROI_INPUT_KEYS:
+    raise RuntimeError("ROI_INPUTS must match ROI_INPUT_KEYS in order")
+
+
+def next_unanswered_question(answered_keys: Collection[str]) -> DiscoveryQuestion | None:
+    """The first question in asking order whose key is not in ``answered_keys``."""
+    for question in DISCOVERY_QUESTIONS:
+        if question.key not in answered_keys:
+            return question
+    return None
+
+
+def next_missing_roi_input(present: Collection[str]) -> RoiInputSpec | None:
+    """The first ROI input in ``ROI_INPUT_KEYS`` order whose key is not in ``present``."""
+    for spec in ROI_INPUTS:
+        if spec.key not in present:
+            return spec
+    return None
