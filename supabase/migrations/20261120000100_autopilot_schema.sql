@@ -27,6 +27,10 @@ begin
   loop
     execute format('revoke all on function %s from public, anon, authenticated', fn);
     execute format('grant execute on function %s to service_role', fn);
+    -- A pinned search_path is safer, and a function with a SET clause is never inlined:
+    -- an inlined SQL function in a plan cached under service_role would be reused for
+    -- anon without Postgres checking EXECUTE again.
+    execute format('alter function %s set search_path = pg_catalog, pg_temp', fn);
   end loop;
 
   for tbl in

@@ -1,0 +1,88 @@
+"""Fixtures shared by every test: the data plane, the app with its lifespan, HTTP clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from src.core.config import Settings
+from src.local.dataplane import LocalDataPlane, LocalDataPlaneInfo
+from src.main import create_app
+from tests.fixtures.dataplane import data_plane  # noqa: F401 - fixture
+
+SPA_ORIGIN = "http://spa.test"
+API_BASE_URL = "http://testserver"
+
+
+def plane_info(plane: LocalDataPlane) -> LocalDataPlaneInfo:
+    assert plane.info is not None
+    return plane.info
+
+
+def make_settings(plane: LocalDataPlane, **overrides: object) -> Settings:
+    info = plane_info(plane)
+    values: dict[str, object] = {
+        "supabase_url": info.rest_url,
+        "supabase_rest_url": info.rest_url,
+        "supabase_service_role_key": info.service_role_key,
+        "supabase_jwt_secret": info.jwt_secret,
+        "cors_origins": [SPA_ORIGIN],
+        "data_plane_timeout_seconds": 5.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def settings(data_plane: LocalDataPlane) -> Settings:
+    return make_settings(data_plane)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with LifespanManager(application) as manager:
+        yield manager.app  # type: ignore[misc]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A browser-like client of the app: keeps cookies, sends the SPA's Origin."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url=API_BASE_URL, headers={"Origin": SPA_ORIGIN}
+    ) as http:
+        yield http
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def rest(data_plane: LocalDataPlane) -> AsyncIterator[httpx.AsyncClient]:
+    """PostgREST directly with the service key, to check what was stored."""
+    info = plane_info(data_plane)
+    headers = {
+        "apikey": info.service_role_key,
+        "Authorization": f"Bearer {info.service_role_key}",
+        "Accept-Profile": "autopilot",
+        "Content-Profile": "autopilot",
+    }
+    async with httpx.AsyncClient(base_url=info.rest_url, headers=headers) as http:
+        yield http
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def anon_rest(data_plane: LocalDataPlane) -> AsyncIterator[httpx.AsyncClient]:
+    """PostgREST directly with the public anon key: must read and execute nothing."""
+    info = plane_info(data_plane)
+    headers = {
+        "apikey": info.anon_key,
+        "Authorization": f"Bearer {info.anon_key}",
+        "Accept-Profile": "autopilot",
+        "Content-Profile": "autopilot",
+    }
+    async with httpx.AsyncClient(base_url=info.rest_url, headers=headers) as http:
+        yield http

@@ -1,0 +1,215 @@
+"""The foundation through HTTP: health, errors, docs, migrations, and the anon key."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import psycopg
+import pytest
+
+from src.db.migrations import MIGRATIONS_DIR, PROJECT_ROOT, upgrade_database
+from src.local.dataplane import LocalDataPlane
+from tests.conftest import plane_info
+
+ASYNC = pytest.mark.asyncio(loop_scope="session")
+
+
+@ASYNC
+class TestHealth:
+    async def test_healthz_answers(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+    async def test_readyz_is_ok_with_the_data_plane_up(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/readyz")
+        assert response.status_code == 200
+
+    async def test_readyz_is_503_while_postgrest_is_down_and_recovers(
+        self, client: httpx.AsyncClient, data_plane: LocalDataPlane
+    ) -> None:
+        assert data_plane.postgrest is not None
+        data_plane.postgrest.stop()
+        try:
+            response = await client.get("/readyz")
+            assert response.status_code == 503
+            assert int(response.headers["Retry-After"]) > 0
+            body = response.json()["error"]
+            assert body["code"] == "data_plane_unavailable"
+            assert body["category"] == "temporary"
+        finally:
+            data_plane.postgrest.start()
+        recovered = await client.get("/readyz")
+        assert recovered.status_code == 200
+
+
+@ASYNC
+class TestErrorEnvelope:
+    async def test_unknown_route_is_404_envelope(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/api/v1/no-such-thing")
+        assert response.status_code == 404
+        assert response.json() == {
+            "error": {
+                "code": "not_found",
+                "message": "No such resource.",
+                "category": "user_fixable",
+                "details": None,
+            }
+        }
+
+    async def test_wrong_method_is_405_envelope(self, client: httpx.AsyncClient) -> None:
+        response = await client.delete("/healthz")
+        assert response.status_code == 405
+        assert response.json()["error"]["code"] == "method_not_allowed"
+
+    async def test_every_response_carries_a_request_id(self, client: httpx.AsyncClient) -> None:
+        given = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+        assert given.headers["X-Request-ID"] == "abc-123"
+        made = await client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+        assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-ID"])
+
+
+@ASYNC
+class TestDocs:
+    async def test_docs_page_links_no_other_host(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/docs")
+        assert response.status_code == 200
+        urls = re.findall(r"""(?:src|href|url)\s*[:=]\s*['"]([^'"]+)['"]""", response.text)
+        assert urls, "the page should reference its assets"
+        for url in urls:
+            assert not re.match(r"^(https?:)?//", url), url
+
+    async def test_docs_assets_are_served_locally(self, client: httpx.AsyncClient) -> None:
+        page = (await client.get("/docs")).text
+        for asset in re.findall(r"""(?:src|href)=['"](/[^'"]+)['"]""", page):
+            assert (await client.get(asset)).status_code == 200, asset
+
+    async def test_openapi_is_served(self, client: httpx.AsyncClient) -> None:
+        spec = (await client.get("/openapi.json")).json()
+        assert spec["openapi"].startswith("3.")
+        assert "/readyz" in spec["paths"]
+
+
+def _catalog_snapshot(database_url: str) -> list[tuple[str, ...]]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            """
+            select 'rel', c.relname, c.relkind::text, coalesce(array_to_string(c.relacl, ','), '')
+            from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            where n.nspname in ('autopilot', 'autopilot_private', 'auth')
+            union all
+            select 'fn', p.oid::regprocedure::text, md5(p.prosrc),
+                   coalesce(array_to_string(p.proacl, ','), '')
+            from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+            where n.nspname in ('autopilot', 'autopilot_private', 'auth')
+            union all
+            select 'version', version_num, '', '' from autopilot_private.alembic_version
+            order by 1, 2
+            """
+        ).fetchall()
+    return [tuple(str(v) for v in row) for row in rows]
+
+
+class TestMigrations:
+    def test_rerunning_migrations_is_a_no_op(self, data_plane: LocalDataPlane) -> None:
+        url = plane_info(data_plane).database_url
+        before = _catalog_snapshot(url)
+        upgrade_database(url)
+        upgrade_database(url)
+        assert _catalog_snapshot(url) == before
+
+    def test_every_sql_file_has_an_alembic_revision(self) -> None:
+        revisions = "\n".join(
+            path.read_text() for path in (PROJECT_ROOT / "alembic" / "versions").glob("*.py")
+        )
+        files = sorted(path.name for path in MIGRATIONS_DIR.glob("*.sql"))
+        assert files
+        for name in files:
+            assert re.fullmatch(r"\d{14}_[a-z0-9_]+\.sql", name), "Supabase CLI naming"
+            assert f'"{name}"' in revisions, name
+
+
+def _schema_objects(database_url: str) -> tuple[list[str], list[tuple[str, str]]]:
+    with psycopg.connect(database_url) as conn:
+        relations = [
+            row[0]
+            for row in conn.execute(
+                """select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                   where n.nspname = 'autopilot' and c.relkind in ('r', 'p', 'v', 'm')"""
+            ).fetchall()
+        ]
+        functions = [
+            (row[0], row[1])
+            for row in conn.execute(
+                """select p.proname, pg_get_function_identity_arguments(p.oid)
+                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                   where n.nspname = 'autopilot'"""
+            ).fetchall()
+        ]
+    return relations, functions
+
+
+class TestAnonKeyLockout:
+    @ASYNC
+    async def test_anon_key_reads_no_row_of_any_table_or_view(
+        self, data_plane: LocalDataPlane, anon_rest: httpx.AsyncClient
+    ) -> None:
+        relations, _ = _schema_objects(plane_info(data_plane).database_url)
+        for relation in relations:
+            response = await anon_rest.get(f"/{relation}", params={"limit": "5"})
+            refused = response.status_code in (401, 403)
+            empty = response.status_code == 200 and response.json() == []
+            assert refused or empty, (relation, response.status_code, response.text[:200])
+
+    @ASYNC
+    async def test_anon_key_executes_no_function(
+        self, data_plane: LocalDataPlane, anon_rest: httpx.AsyncClient, client: httpx.AsyncClient
+    ) -> None:
+        # Warm PostgREST's plan cache as the service role first: a cached plan must not
+        # carry the service role's privileges over to anon.
+        assert (await client.get("/readyz")).status_code == 200
+        _, functions = _schema_objects(plane_info(data_plane).database_url)
+        assert functions, "the schema has functions to check"
+        for name, _args in functions:
+            response = await anon_rest.post(f"/rpc/{name}", json={})
+            # 401/403: permission denied. 404: PostgREST will not even show it.
+            assert response.status_code in (401, 403, 404), (name, response.status_code)
+
+    @ASYNC
+    async def test_service_key_can_execute_what_anon_cannot(self, rest: httpx.AsyncClient) -> None:
+        response = await rest.post("/rpc/ping", json={})
+        assert response.status_code == 200
+        assert response.json() == "ok"
+
+    def test_no_function_in_the_schema_is_executable_by_public_roles(
+        self, data_plane: LocalDataPlane
+    ) -> None:
+        with psycopg.connect(plane_info(data_plane).database_url) as conn:
+            exposed = conn.execute(
+                """select p.oid::regprocedure::text, r.rolname
+                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                   cross join (values ('anon'), ('authenticated')) as r(rolname)
+                   where n.nspname = 'autopilot'
+                     and has_function_privilege(r.rolname, p.oid, 'execute')"""
+            ).fetchall()
+        assert exposed == []
+
+    def test_every_function_pins_its_search_path(self, data_plane: LocalDataPlane) -> None:
+        with psycopg.connect(plane_info(data_plane).database_url) as conn:
+            unpinned = conn.execute(
+                """select p.oid::regprocedure::text
+                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                   where n.nspname = 'autopilot'
+                     and not coalesce(p.proconfig, '{}') && array['search_path=pg_catalog, pg_temp']"""
+            ).fetchall()
+        assert unpinned == []
+
+    def test_every_table_has_row_level_security(self, data_plane: LocalDataPlane) -> None:
+        with psycopg.connect(plane_info(data_plane).database_url) as conn:
+            unprotected = conn.execute(
+                """select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                   where n.nspname = 'autopilot' and c.relkind in ('r', 'p')
+                     and not c.relrowsecurity"""
+            ).fetchall()
+        assert unprotected == []
