@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from alembic import context
 from src.db.migrations import VERSION_TABLE_SCHEMA, sqlalchemy_url
 
 config = context.config

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import fastapi_offline
+import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -17,9 +18,10 @@ from fastapi.staticfiles import StaticFiles
 
 from src.api.error_handlers import install_error_handlers
 from src.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from src.api.routes import health
+from src.api.routes import discovery, health, sessions
 from src.core.config import Settings, get_settings
 from src.core.openai import create_openai_client
+from src.core.security import TokenVerifier
 from src.core.state import AppState
 from src.core.supabase import (
     DataPlaneEndpoint,
@@ -27,6 +29,10 @@ from src.core.supabase import (
     create_supabase_client,
     endpoint_from_settings,
 )
+from src.services.discovery_profile_service import DiscoveryProfileService
+from src.services.maintenance import start_session_cleanup, stop_background_task
+from src.services.rate_limiter import InMemoryRateLimiter
+from src.services.session_service import SessionService
 
 logger = logging.getLogger("src.main")
 
@@ -59,11 +65,36 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
 
     supabase = create_supabase_client(endpoint, settings)
     openai = create_openai_client(settings)
-    state = AppState(settings=settings, supabase=supabase, openai=openai)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+    state = AppState(
+        settings=settings,
+        supabase=supabase,
+        openai=openai,
+        http=http,
+        token_verifier=TokenVerifier(
+            jwt_secret=settings.supabase_jwt_secret,
+            jwks_url=settings.supabase_jwks_url,
+            issuer=settings.supabase_jwt_issuer,
+            http_client=http,
+        ),
+        rate_limiter=InMemoryRateLimiter(),
+    )
+    cleanup_task = start_session_cleanup(
+        SessionService(
+            supabase,
+            settings,
+            profiles=DiscoveryProfileService(supabase),
+            rate_limiter=state.rate_limiter,
+        ),
+        interval_seconds=settings.session_cleanup_interval_seconds,
+        batch_size=settings.session_cleanup_batch_size,
+    )
     try:
         yield {"app_state": state}
     finally:
+        await stop_background_task(cleanup_task)
         await close_supabase_client(supabase)
+        await http.aclose()
         if openai is not None:
             await openai.close()
         if local_plane is not None:
@@ -110,11 +141,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_origins=settings.cors_origins,
         allow_credentials=True,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key",
-                       "Last-Event-ID", "X-Request-ID"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "If-Match",
+            "Idempotency-Key",
+            "Last-Event-ID",
+            "X-Request-ID",
+        ],
         expose_headers=["ETag", "Retry-After", "X-Request-ID"],
         max_age=600,
     )
 
     app.include_router(health.router)
+    app.include_router(sessions.router, prefix=f"{API_PREFIX}/sessions")
+    app.include_router(discovery.router, prefix=f"{API_PREFIX}/discovery")
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -13,10 +14,11 @@ from fastapi import FastAPI
 from src.core.config import Settings
 from src.local.dataplane import LocalDataPlane, LocalDataPlaneInfo
 from src.main import create_app
-from tests.fixtures.dataplane import data_plane  # noqa: F401 - fixture
+from tests.fixtures.factories import SPA_ORIGIN
 
-SPA_ORIGIN = "http://spa.test"
-API_BASE_URL = "http://testserver"
+pytest_plugins = ["tests.fixtures.dataplane", "tests.fixtures.processes"]
+
+API_BASE_URL = "https://testserver"
 
 
 def plane_info(plane: LocalDataPlane) -> LocalDataPlaneInfo:
@@ -33,6 +35,8 @@ def make_settings(plane: LocalDataPlane, **overrides: object) -> Settings:
         "supabase_jwt_secret": info.jwt_secret,
         "cors_origins": [SPA_ORIGIN],
         "data_plane_timeout_seconds": 5.0,
+        "session_create_limit_per_hour": 100_000,
+        "session_cleanup_interval_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
@@ -43,20 +47,42 @@ def settings(data_plane: LocalDataPlane) -> Settings:
     return make_settings(data_plane)
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app with its lifespan run (startup and shutdown), as a server would."""
     application = create_app(settings)
     async with LifespanManager(application) as manager:
         yield manager.app  # type: ignore[misc]
 
 
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    async with running_app(settings) as application:
+        yield application
+
+
+def browser_client(app: FastAPI, **kwargs: object) -> httpx.AsyncClient:
+    """A browser-like client of the app: keeps cookies, sends the SPA's Origin."""
+    headers = {"Origin": SPA_ORIGIN}
+    headers.update(kwargs.pop("headers", {}))  # type: ignore[arg-type]
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url=API_BASE_URL,
+        headers=headers,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A browser-like client of the app: keeps cookies, sends the SPA's Origin."""
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(
-        transport=transport, base_url=API_BASE_URL, headers={"Origin": SPA_ORIGIN}
-    ) as http:
+    async with browser_client(app) as http:
+        yield http
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def other_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A second visitor with its own cookie jar."""
+    async with browser_client(app) as http:
         yield http
 
 

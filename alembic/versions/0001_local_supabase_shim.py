@@ -4,6 +4,7 @@ Revision ID: 0001
 """
 
 from alembic import op
+
 from src.db.migrations import apply_local_shim
 
 revision = "0001"

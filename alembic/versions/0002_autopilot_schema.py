@@ -4,6 +4,7 @@ Revision ID: 0002
 """
 
 from alembic import op
+
 from src.db.migrations import apply_migration
 
 revision = "0002"

@@ -1,20 +1,54 @@
-"""Dependencies: thin readers of the lifespan state and the service providers.
-
-Routes use the `Annotated` aliases defined here, never an inline `Depends()`.
+"""Dependencies: thin readers of the lifespan state, identity resolution, cookie helpers,
+and the service providers. Routes use the `Annotated` aliases defined here, never an
+inline `Depends()`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import ipaddress
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request, Response
 from supabase import AsyncClient
 
 from src.core.config import Settings
+from src.core.errors import (
+    CsrfOriginRejectedError,
+    ForbiddenError,
+    PreconditionFailedError,
+    UnauthorizedError,
+)
+from src.core.security import TokenVerifier
 from src.core.state import AppState
+from src.models.auth import AuthContext, SessionContext, UserContext
+from src.models.session import ResolvedSession
+from src.services.discovery_profile_service import DiscoveryProfileService
 from src.services.health_service import HealthService
+from src.services.rate_limiter import RateLimiter
+from src.services.session_service import SessionService
+
+__all__ = [
+    "SESSION_COOKIE_CONFIG",
+    "AuthContext",
+    "SessionContext",
+    "UserContext",
+    "clear_session_cookie",
+    "get_current_user",
+    "get_current_user_or_session",
+    "get_session_cookie",
+    "set_session_cookie",
+]
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+# The attributes that never change; name, Secure and SameSite come from Settings.
+SESSION_COOKIE_CONFIG: dict[str, Any] = {"httponly": True, "path": "/"}
 
 
+# --- lifespan state -----------------------------------------------------------------------
 def get_app_state(request: Request) -> AppState:
     state: AppState = request.state.app_state
     return state
@@ -37,8 +71,265 @@ def get_supabase(state: AppStateDep) -> AsyncClient:
 SupabaseDep = Annotated[AsyncClient, Depends(get_supabase)]
 
 
+def get_token_verifier(state: AppStateDep) -> TokenVerifier:
+    return state.token_verifier
+
+
+TokenVerifierDep = Annotated[TokenVerifier, Depends(get_token_verifier)]
+
+
+def get_rate_limiter(state: AppStateDep) -> RateLimiter:
+    return state.rate_limiter
+
+
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
+
+
+# --- services -----------------------------------------------------------------------------
 def get_health_service(supabase: SupabaseDep) -> HealthService:
     return HealthService(supabase)
 
 
 HealthServiceDep = Annotated[HealthService, Depends(get_health_service)]
+
+
+def get_discovery_profile_service(supabase: SupabaseDep) -> DiscoveryProfileService:
+    return DiscoveryProfileService(supabase)
+
+
+DiscoveryProfileServiceDep = Annotated[
+    DiscoveryProfileService, Depends(get_discovery_profile_service)
+]
+
+
+def get_session_service(
+    supabase: SupabaseDep,
+    settings: SettingsDep,
+    profiles: DiscoveryProfileServiceDep,
+    rate_limiter: RateLimiterDep,
+) -> SessionService:
+    return SessionService(supabase, settings, profiles=profiles, rate_limiter=rate_limiter)
+
+
+SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
+
+
+# --- client address -----------------------------------------------------------------------
+def _is_trusted_proxy(host: str, settings: Settings) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in settings.trusted_proxy_networks)
+
+
+def get_client_ip(request: Request, settings: SettingsDep) -> str:
+    """The peer address; forwarding headers count only when the peer is a trusted proxy."""
+    peer = request.client.host if request.client else "unknown"
+    if not settings.trusted_proxy_networks or not _is_trusted_proxy(peer, settings):
+        return peer
+    forwarded = request.headers.get("x-forwarded-for", "")
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted_proxy(hop, settings):
+            return hop
+    return hops[0] if hops else peer
+
+
+ClientIpDep = Annotated[str, Depends(get_client_ip)]
+
+
+# --- cookies ------------------------------------------------------------------------------
+def get_session_cookie(request: Request, settings: Settings) -> str | None:
+    return request.cookies.get(settings.session_cookie_name) or None
+
+
+def _remaining_seconds(expires_at: str) -> int:
+    expiry = datetime.fromisoformat(expires_at)
+    return max(int((expiry - datetime.now(UTC)).total_seconds()), 0)
+
+
+def set_session_cookie(
+    response: Response, settings: Settings, *, token: str, expires_at: str
+) -> None:
+    """Set (or re-issue) the cookie; Max-Age is the session's remaining lifetime."""
+    response.set_cookie(
+        key=settings.session_cookie_name,
+        value=token,
+        max_age=_remaining_seconds(expires_at),
+        secure=settings.session_cookie_secure,
+        samesite=settings.session_cookie_samesite,
+        **SESSION_COOKIE_CONFIG,
+    )
+
+
+def clear_session_cookie(response: Response, settings: Settings) -> None:
+    response.delete_cookie(
+        key=settings.session_cookie_name,
+        secure=settings.session_cookie_secure,
+        samesite=settings.session_cookie_samesite,
+        **SESSION_COOKIE_CONFIG,
+    )
+
+
+def _clear_cookie_everywhere(request: Request, response: Response, settings: Settings) -> None:
+    # Also on error responses: the error handler reads this flag.
+    clear_session_cookie(response, settings)
+    request.state.clear_session_cookie = True
+
+
+# --- CSRF ---------------------------------------------------------------------------------
+def check_csrf_origin(request: Request, settings: Settings) -> None:
+    """Cookie-authenticated writes must come from our own origin or a listed one."""
+    origin = request.headers.get("origin")
+    own_origin = f"{request.url.scheme}://{request.url.netloc}"
+    if origin is None or (origin != own_origin and origin not in settings.cors_origins):
+        raise CsrfOriginRejectedError()
+
+
+# --- identity -----------------------------------------------------------------------------
+def _bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise UnauthorizedError(
+            "The Authorization header must be 'Bearer <access token>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return credentials.strip()
+
+
+async def _verify_user(token: str, verifier: TokenVerifier) -> UserContext:
+    verified = await verifier.verify(token)
+    return UserContext(
+        id=verified.user_id,
+        email=verified.email,
+        is_anonymous=verified.is_anonymous,
+        app_role=verified.app_role,
+    )
+
+
+async def get_current_user(request: Request, verifier: TokenVerifierDep) -> UserContext:
+    """A verified Supabase user; 401 without a valid bearer token."""
+    token = _bearer_token(request)
+    if token is None:
+        raise UnauthorizedError(
+            "This endpoint needs 'Authorization: Bearer <access token>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return await _verify_user(token, verifier)
+
+
+CurrentUser = Annotated[UserContext, Depends(get_current_user)]
+
+
+async def get_current_admin(user: CurrentUser) -> UserContext:
+    if not user.is_admin:
+        raise ForbiddenError("Administrators only.")
+    return user
+
+
+CurrentAdmin = Annotated[UserContext, Depends(get_current_admin)]
+
+
+async def get_current_user_or_session(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    verifier: TokenVerifierDep,
+    sessions: SessionServiceDep,
+) -> AuthContext:
+    """Bearer (invalid → 401, no fallback) and/or a valid session cookie, or nothing.
+
+    An unknown, expired or claimed cookie is treated as absent and cleared. Reads never
+    create anything.
+    """
+    user: UserContext | None = None
+    token = _bearer_token(request)
+    if token is not None:
+        user = await _verify_user(token, verifier)
+    elif request.method not in SAFE_METHODS:
+        check_csrf_origin(request, settings)
+
+    session_context: SessionContext | None = None
+    cookie = get_session_cookie(request, settings)
+    if cookie is not None:
+        resolved = await sessions.get_session_by_token(token=cookie)
+        if resolved is None:
+            _clear_cookie_everywhere(request, response, settings)
+        else:
+            session_context = SessionContext(
+                session_id=UUID(resolved["id"]), session_token=cookie, session=resolved
+            )
+            if resolved.get("expiry_extended"):
+                set_session_cookie(
+                    response, settings, token=cookie, expires_at=resolved["expires_at"]
+                )
+    return AuthContext(user=user, session=session_context)
+
+
+CurrentAuth = Annotated[AuthContext, Depends(get_current_user_or_session)]
+
+
+# --- conditional requests -----------------------------------------------------------------
+def etag_for(version: int) -> str:
+    return f'"v{version}"'
+
+
+def get_if_match(
+    if_match: Annotated[
+        str | None,
+        Header(description='Optional: the ETag you read ("v<version>"); stale → 412.'),
+    ] = None,
+) -> int | Literal["*"] | None:
+    """The version the client expects, '*' for any, or None when not given."""
+    if if_match is None:
+        return None
+    candidates = [part.strip() for part in if_match.split(",") if part.strip()]
+    if "*" in candidates:
+        return "*"
+    for candidate in candidates:
+        tag = candidate.removeprefix("W/")
+        if tag.startswith('"v') and tag.endswith('"') and tag[2:-1].isdigit():
+            return int(tag[2:-1])
+    raise PreconditionFailedError("If-Match does not name a version this resource ever had.")
+
+
+IfMatchDep = Annotated[int | Literal["*"] | None, Depends(get_if_match)]
+
+
+def expected_version(if_match: int | Literal["*"] | None) -> int | None:
+    return None if if_match in (None, "*") else int(if_match)
+
+
+def set_etag(response: Response, row: Mapping[str, Any]) -> None:
+    response.headers["ETag"] = etag_for(int(row["version"]))
+
+
+async def get_or_create_session(
+    auth: CurrentAuth,
+    response: Response,
+    settings: SettingsDep,
+    sessions: SessionServiceDep,
+    client_ip: ClientIpDep,
+    if_match: IfMatchDep,
+) -> SessionContext:
+    """The caller's session; a write with none creates it (rate-limited) and sets the cookie.
+
+    An If-Match cannot hold for a session that does not exist yet: 412, nothing created.
+    """
+    if auth.session is not None:
+        return auth.session
+    if if_match is not None:
+        raise PreconditionFailedError("There is no session for If-Match to match.")
+    created, token = await sessions.create_session(client_ip=client_ip)
+    set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
+    resolved: ResolvedSession = {**created, "expiry_extended": False}
+    return SessionContext(
+        session_id=UUID(created["id"]), session_token=token, session=resolved, created=True
+    )
+
+
+SessionForWrite = Annotated[SessionContext, Depends(get_or_create_session)]

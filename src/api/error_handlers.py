@@ -32,11 +32,20 @@ def render(error: AppError) -> JSONResponse:
     return JSONResponse(error.envelope(), status_code=error.status_code, headers=error.headers)
 
 
-async def _app_error(_: Request, exc: Exception) -> JSONResponse:
+def _with_cookie_clearing(request: Request, response: JSONResponse) -> JSONResponse:
+    # Identity resolution found a dead session cookie: clear it on error responses too.
+    if getattr(request.state, "clear_session_cookie", False):
+        from src.api.deps import clear_session_cookie
+
+        clear_session_cookie(response, request.state.app_state.settings)
+    return response
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
     if exc.status_code >= 500:
         logger.warning("%s: %s", exc.code, exc.message)
-    return render(exc)
+    return _with_cookie_clearing(request, render(exc))
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -69,11 +69,25 @@ class Settings(BaseSettings):
     session_cookie_secure: bool = True
     session_cookie_samesite: Literal["lax", "strict", "none"] = "lax"
     session_expiry_days: int = Field(default=30, ge=1, le=400)
+    session_create_limit_per_hour: int = Field(default=30, ge=1)
+    session_cleanup_interval_seconds: int = Field(default=3600, ge=0)
+    session_cleanup_batch_size: int = Field(default=500, ge=1, le=10_000)
+    trusted_proxy_ips: CommaList = Field(default_factory=list)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxy_ips", mode="before")
     @classmethod
-    def _parse_origins(cls, value: object) -> object:
+    def _parse_comma_lists(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("trusted_proxy_ips")
+    @classmethod
+    def _check_proxies(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or network") from exc
+        return values
 
     @field_validator("cors_origins")
     @classmethod
@@ -120,6 +134,10 @@ class Settings(BaseSettings):
     def session_cookie_max_age(self) -> int:
         """Cookie lifetime in seconds; derived so it can never disagree with the expiry."""
         return self.session_expiry_days * 24 * 60 * 60
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(value, strict=False) for value in self.trusted_proxy_ips]
 
     @property
     def uses_local_data_plane(self) -> bool:

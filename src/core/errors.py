@@ -15,6 +15,16 @@ class AppError(Exception):
     status_code: ClassVar[int] = 400
     category: ClassVar[ErrorCategory] = "user_fixable"
     default_message: ClassVar[str] = "The request could not be completed."
+    _by_code: ClassVar[dict[str, type[AppError]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        AppError._by_code.setdefault(cls.code, cls)
+
+    @classmethod
+    def for_code(cls, code: str) -> type[AppError] | None:
+        """The error class with this code (SQL functions name errors by code)."""
+        return cls._by_code.get(code)
 
     def __init__(
         self,
@@ -35,9 +45,7 @@ class AppError(Exception):
 def error_envelope(
     code: str, message: str, category: ErrorCategory, details: Any = None
 ) -> dict[str, Any]:
-    return {
-        "error": {"code": code, "message": message, "category": category, "details": details}
-    }
+    return {"error": {"code": code, "message": message, "category": category, "details": details}}
 
 
 class NotFoundError(AppError):
@@ -101,3 +109,50 @@ class InternalError(AppError):
     status_code = 500
     category = "admin_required"
     default_message = "An unexpected error occurred; it has been logged."
+
+
+class SessionNotFoundError(NotFoundError):
+    code = "session_not_found"
+    default_message = "No active session: create one with POST /api/v1/sessions."
+
+
+class SessionAlreadyClaimedError(ConflictError):
+    code = "session_already_claimed"
+    default_message = "This session was claimed by another account."
+
+
+class InvalidPhaseTransitionError(ConflictError):
+    code = "invalid_phase_transition"
+    default_message = "That phase change is not allowed."
+
+
+class PreconditionFailedError(AppError):
+    code = "precondition_failed"
+    status_code = 412
+    default_message = "The resource changed since you read it (stale If-Match); reload and retry."
+
+
+class RateLimitedError(AppError):
+    code = "rate_limited"
+    status_code = 429
+    category = "temporary"
+    default_message = "Too many requests; retry after the time in Retry-After."
+
+    def __init__(self, message: str | None = None, *, retry_after_seconds: int) -> None:
+        super().__init__(
+            message,
+            details={"retryAfterSeconds": retry_after_seconds},
+            headers={"Retry-After": str(max(retry_after_seconds, 1))},
+        )
+
+
+class CsrfOriginRejectedError(ForbiddenError):
+    code = "csrf_origin_rejected"
+    default_message = (
+        "Cookie-authenticated writes must come from the API's own origin or an allowed origin."
+    )
+
+
+class AnonymousUserCannotClaimError(ForbiddenError):
+    code = "anonymous_user_cannot_claim"
+    default_message = "Sign up with a permanent account before claiming a session."

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import httpx
 from openai import AsyncOpenAI
 from supabase import AsyncClient
 
 from src.core.config import Settings
+from src.core.security import TokenVerifier
+from src.services.rate_limiter import RateLimiter
 
 
 @dataclass
@@ -15,3 +18,6 @@ class AppState:
     settings: Settings
     supabase: AsyncClient
     openai: AsyncOpenAI | None
+    http: httpx.AsyncClient
+    token_verifier: TokenVerifier
+    rate_limiter: RateLimiter

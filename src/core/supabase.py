@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from postgrest.exceptions import APIError
@@ -11,7 +13,7 @@ from supabase import AsyncClient, AsyncClientOptions
 from yarl import URL
 
 from src.core.config import Settings
-from src.core.errors import DataPlaneUnavailableError
+from src.core.errors import AppError, DataPlaneUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,8 @@ class DataPlaneEndpoint:
 
 
 def endpoint_from_settings(settings: Settings) -> DataPlaneEndpoint:
-    assert settings.supabase_url and settings.supabase_service_role_key
+    assert settings.supabase_url
+    assert settings.supabase_service_role_key
     rest_url = settings.supabase_rest_url or f"{settings.supabase_url}/rest/v1"
     return DataPlaneEndpoint(rest_url=rest_url, service_role_key=settings.supabase_service_role_key)
 
@@ -81,3 +84,36 @@ def is_transient(exc: BaseException) -> bool:
 def data_plane_error(exc: BaseException) -> DataPlaneUnavailableError:
     logger.warning("data plane unavailable: %s", type(exc).__name__)
     return DataPlaneUnavailableError()
+
+
+def _error_details(raw: Any) -> Any:
+    if isinstance(raw, str) and raw.startswith(("{", "[")):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+    return None
+
+
+def translate_data_plane_error(exc: Exception) -> Exception:
+    """What a failed PostgREST call means to the caller.
+
+    Our SQL functions raise SQLSTATE PTxyz with the error code in the hint; those become
+    the matching AppError. Outages become 503. Anything else is a bug and stays as is.
+    """
+    if is_transient(exc):
+        return data_plane_error(exc)
+    if isinstance(exc, APIError) and exc.hint:
+        error_class = AppError.for_code(exc.hint)
+        if error_class is not None:
+            return error_class(exc.message or None, details=_error_details(exc.details))
+    return exc
+
+
+async def call_rpc(client: AsyncClient, function: str, params: dict[str, Any]) -> Any:
+    """Run one SQL function through PostgREST and return its JSON result."""
+    try:
+        response = await client.rpc(function, params).execute()
+    except Exception as exc:
+        raise translate_data_plane_error(exc) from exc
+    return response.data

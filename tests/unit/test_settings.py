@@ -53,7 +53,9 @@ class TestRefusals:
             ({"host": "example.com"}, "HOST"),
         ],
     )
-    def test_bad_value_fails_naming_the_setting(self, values: dict[str, object], named: str) -> None:
+    def test_bad_value_fails_naming_the_setting(
+        self, values: dict[str, object], named: str
+    ) -> None:
         with pytest.raises(SettingsError, match=named):
             _settings(**values)
 
@@ -71,7 +73,9 @@ class TestRefusals:
 
     def test_local_mode_or_supabase_url_is_enough_to_start(self) -> None:
         _settings(local_mode=True).require_data_plane()
-        _settings(supabase_url="https://x.supabase.co", supabase_service_role_key="k").require_data_plane()
+        _settings(
+            supabase_url="https://x.supabase.co", supabase_service_role_key="k"
+        ).require_data_plane()
 
 
 class TestEnvExample:
@@ -86,4 +90,5 @@ class TestEnvExample:
         lines = (PROJECT_ROOT / ".env.example").read_text().splitlines()
         for index, line in enumerate(lines):
             if re.match(r"^#?\s*[A-Z][A-Z0-9_]+=", line):
-                assert index > 0 and lines[index - 1].startswith("# "), line
+                assert index > 0, line
+                assert lines[index - 1].startswith("# "), line

@@ -1,0 +1,138 @@
+"""/api/v1/sessions: the anonymous visitor's session, and claiming it on sign-up."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from src.api.deps import (
+    ClientIpDep,
+    CurrentAuth,
+    CurrentUser,
+    IfMatchDep,
+    SessionForWrite,
+    SessionServiceDep,
+    SettingsDep,
+    clear_session_cookie,
+    expected_version,
+    get_session_cookie,
+    set_etag,
+    set_session_cookie,
+)
+from src.core.errors import SessionNotFoundError
+from src.schemas.common import error_responses
+from src.schemas.session import SessionClaimResponse, SessionResponse, SessionUpdate
+
+router = APIRouter(tags=["sessions"])
+
+
+@router.post(
+    "",
+    summary="Start (or resume) an anonymous session",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": SessionResponse, "description": "A valid cookie was sent: same session"},
+        **error_responses(401, 403, 429, 503),
+    },
+)
+async def create_session(
+    request: Request,
+    response: Response,
+    auth: CurrentAuth,
+    sessions: SessionServiceDep,
+    settings: SettingsDep,
+    client_ip: ClientIpDep,
+) -> SessionResponse:
+    """Sets the HttpOnly session cookie; with a valid cookie already, returns that session."""
+    if auth.session is not None:
+        response.status_code = status.HTTP_200_OK
+        set_etag(response, auth.session.session)
+        return SessionResponse.from_row(auth.session.session)
+    created, token = await sessions.create_session(client_ip=client_ip)
+    set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
+    request.state.clear_session_cookie = False
+    set_etag(response, created)
+    return SessionResponse.from_row(created)
+
+
+@router.get(
+    "/me",
+    summary="The caller's session",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 404, 503),
+)
+async def get_my_session(auth: CurrentAuth, response: Response) -> SessionResponse:
+    """Reads never create: no valid cookie → 404 and no cookie is set."""
+    if auth.session is None:
+        raise SessionNotFoundError()
+    set_etag(response, auth.session.session)
+    return SessionResponse.from_row(auth.session.session)
+
+
+@router.put(
+    "/me",
+    summary="Update the caller's session (answers merge per key)",
+    status_code=status.HTTP_200_OK,
+    responses={
+        201: {"model": SessionResponse, "description": "No session yet: created with the update"},
+        **error_responses(401, 403, 404, 409, 412, 413, 422, 429, 503),
+    },
+)
+async def update_my_session(
+    update: SessionUpdate,
+    response: Response,
+    session: SessionForWrite,
+    sessions: SessionServiceDep,
+    if_match: IfMatchDep,
+) -> SessionResponse:
+    """Partial update; creates the session and cookie when there is none. If-Match optional."""
+    updated = await sessions.update_session(
+        session_id=session.session_id, update=update, expected_version=expected_version(if_match)
+    )
+    if session.created:
+        response.status_code = status.HTTP_201_CREATED
+    set_etag(response, updated)
+    return SessionResponse.from_row(updated)
+
+
+@router.delete(
+    "/me",
+    summary="Delete the caller's session and its data",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403, 404, 503),
+)
+async def delete_my_session(
+    auth: CurrentAuth, response: Response, sessions: SessionServiceDep, settings: SettingsDep
+) -> None:
+    """Deletes the session, its conversations and messages, and clears the cookie."""
+    if auth.session is None:
+        raise SessionNotFoundError()
+    await sessions.delete_session(session_id=auth.session.session_id)
+    clear_session_cookie(response, settings)
+
+
+@router.post(
+    "/claim",
+    summary="Claim the anonymous session into the signed-in user's discovery profile",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 404, 409, 503),
+)
+async def claim_session(
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    sessions: SessionServiceDep,
+    settings: SettingsDep,
+    dry_run: Annotated[
+        bool, Query(alias="dryRun", description="Return the merged profile, write nothing.")
+    ] = False,
+) -> SessionClaimResponse:
+    """Needs a permanent user's bearer token and the session cookie; idempotent per user."""
+    token = get_session_cookie(request, settings)
+    if token is None:
+        raise SessionNotFoundError("No session cookie to claim.")
+    outcome = await sessions.claim_session(token=token, user=user, dry_run=dry_run)
+    if not dry_run:
+        clear_session_cookie(response, settings)
+    return SessionClaimResponse.from_outcome(outcome)

@@ -1,0 +1,62 @@
+"""Durable discovery profiles of signed-in users."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from supabase import AsyncClient
+
+from src.core.security import hash_session_token
+from src.core.supabase import call_rpc
+from src.models.auth import UserContext
+from src.models.discovery_profile import ClaimOutcome, DiscoveryProfile
+from src.schemas.discovery import DiscoveryProfileUpdate
+from src.services.progress import build_progress_patch
+
+
+class DiscoveryProfileService:
+    def __init__(self, supabase: AsyncClient) -> None:
+        self._supabase = supabase
+
+    async def get_or_create(self, *, user: UserContext) -> DiscoveryProfile:
+        row = await call_rpc(
+            self._supabase,
+            "get_or_create_discovery_profile",
+            {"p_user_id": str(user.id), "p_email": user.email},
+        )
+        return cast(DiscoveryProfile, row)
+
+    async def update(
+        self,
+        *,
+        user: UserContext,
+        update: DiscoveryProfileUpdate,
+        expected_version: int | None = None,
+    ) -> DiscoveryProfile:
+        row = await call_rpc(
+            self._supabase,
+            "update_discovery_profile",
+            {
+                "p_user_id": str(user.id),
+                "p_patch": build_progress_patch(update),
+                "p_expected_version": expected_version,
+                "p_email": user.email,
+            },
+        )
+        return cast(DiscoveryProfile, row)
+
+    async def create_from_session(
+        self, *, session_token: str, user: UserContext, dry_run: bool = False
+    ) -> ClaimOutcome:
+        """Merge an anonymous session into the user's profile (the claim's one SQL call)."""
+        outcome = await call_rpc(
+            self._supabase,
+            "claim_session",
+            {
+                "p_token_hash": hash_session_token(session_token),
+                "p_user_id": str(user.id),
+                "p_email": user.email,
+                "p_dry_run": dry_run,
+            },
+        )
+        return cast(ClaimOutcome, outcome)
