@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 
-from src.core.config import SettingsError, get_settings
+from src.core.config import Settings, SettingsError, get_settings
 
 
 def _serve(_: argparse.Namespace) -> int:
@@ -36,6 +37,57 @@ def _migrate(_: argparse.Namespace) -> int:
     return 0
 
 
+async def _cleanup_expired(settings: Settings) -> int:
+    from src.core.supabase import (
+        DataPlaneEndpoint,
+        close_supabase_client,
+        create_supabase_client,
+        endpoint_from_settings,
+    )
+    from src.services.discovery_profile_service import DiscoveryProfileService
+    from src.services.rate_limiter import InMemoryRateLimiter
+    from src.services.session_service import SessionService
+
+    local_plane = None
+    if settings.uses_local_data_plane:
+        from src.local.dataplane import LocalDataPlane
+
+        local_plane = LocalDataPlane(
+            data_dir=settings.local_data_dir,
+            database_url=settings.database_url,
+            jwt_secret=settings.supabase_jwt_secret,
+            postgrest_bin=settings.postgrest_bin,
+            schema=settings.db_schema,
+        )
+        info = local_plane.start()
+        endpoint = DataPlaneEndpoint(rest_url=info.rest_url, service_role_key=info.service_role_key)
+    else:
+        endpoint = endpoint_from_settings(settings)
+    client = create_supabase_client(endpoint, settings)
+    try:
+        service = SessionService(
+            client,
+            settings,
+            profiles=DiscoveryProfileService(client),
+            rate_limiter=InMemoryRateLimiter(),
+        )
+        return await service.cleanup_expired_sessions(
+            batch_size=settings.session_cleanup_batch_size
+        )
+    finally:
+        await close_supabase_client(client)
+        if local_plane is not None:
+            local_plane.stop()
+
+
+def _cleanup(_: argparse.Namespace) -> int:
+    settings = get_settings()
+    settings.require_data_plane()
+    deleted = asyncio.run(_cleanup_expired(settings))
+    print(f"deleted {deleted} expired sessions")  # noqa: T201
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src", description="autopilot-api")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -43,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "migrate", help="apply supabase/migrations to DATABASE_URL (alembic upgrade head)"
     ).set_defaults(handler=_migrate)
+    commands.add_parser(
+        "cleanup", help="delete expired, unclaimed sessions now (in batches)"
+    ).set_defaults(handler=_cleanup)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
