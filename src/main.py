@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from src.api.error_handlers import install_error_handlers
 from src.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from src.api.routes import discovery, health, sessions
+from src.api.routes import conversations, discovery, health, sessions
 from src.core.config import Settings, get_settings
 from src.core.openai import create_openai_client
 from src.core.security import TokenVerifier
@@ -156,4 +156,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(sessions.router, prefix=f"{API_PREFIX}/sessions")
     app.include_router(discovery.router, prefix=f"{API_PREFIX}/discovery")
+    app.include_router(conversations.router, prefix=f"{API_PREFIX}/conversations")
     return app

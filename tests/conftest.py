@@ -16,7 +16,11 @@ from src.local.dataplane import LocalDataPlane, LocalDataPlaneInfo
 from src.main import create_app
 from tests.fixtures.factories import SPA_ORIGIN
 
-pytest_plugins = ["tests.fixtures.dataplane", "tests.fixtures.processes"]
+pytest_plugins = [
+    "tests.fixtures.dataplane",
+    "tests.fixtures.processes",
+    "tests.fixtures.fake_openai",
+]
 
 API_BASE_URL = "https://testserver"
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Header, Path, Request, Response
 from supabase import AsyncClient
 
 from src.core.config import Settings
@@ -24,9 +25,14 @@ from src.core.errors import (
 from src.core.security import TokenVerifier
 from src.core.state import AppState
 from src.models.auth import AuthContext, SessionContext, UserContext
+from src.models.conversation import Conversation
 from src.models.session import ResolvedSession
+from src.services.agent_service import AgentService
+from src.services.chat_service import ChatService
+from src.services.conversation_service import ConversationService
 from src.services.discovery_profile_service import DiscoveryProfileService
 from src.services.health_service import HealthService
+from src.services.profile_extraction_service import ProfileExtractionService
 from src.services.rate_limiter import RateLimiter
 from src.services.session_service import SessionService
 
@@ -112,6 +118,49 @@ def get_session_service(
 
 
 SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
+
+
+def get_conversation_service(supabase: SupabaseDep) -> ConversationService:
+    return ConversationService(supabase)
+
+
+ConversationServiceDep = Annotated[ConversationService, Depends(get_conversation_service)]
+
+
+def get_agent_service(
+    state: AppStateDep, sessions: SessionServiceDep, profiles: DiscoveryProfileServiceDep
+) -> AgentService:
+    return AgentService(state.openai, state.settings, sessions=sessions, profiles=profiles)
+
+
+AgentServiceDep = Annotated[AgentService, Depends(get_agent_service)]
+
+
+def get_profile_extraction_service(state: AppStateDep) -> ProfileExtractionService:
+    return ProfileExtractionService(state.openai, state.settings, state.supabase)
+
+
+ProfileExtractionServiceDep = Annotated[
+    ProfileExtractionService, Depends(get_profile_extraction_service)
+]
+
+
+def get_chat_service(
+    state: AppStateDep,
+    conversations: ConversationServiceDep,
+    agent: AgentServiceDep,
+    profiles: DiscoveryProfileServiceDep,
+) -> ChatService:
+    return ChatService(
+        state.settings,
+        conversations=conversations,
+        agent=agent,
+        profiles=profiles,
+        rate_limiter=state.rate_limiter,
+    )
+
+
+ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 
 
 # --- client address -----------------------------------------------------------------------
@@ -241,16 +290,16 @@ async def get_current_user_or_session(
     verifier: TokenVerifierDep,
     sessions: SessionServiceDep,
 ) -> AuthContext:
-    """Bearer (invalid → 401, no fallback) and/or a valid session cookie, or nothing.
+    """Bearer (invalid → 401, no fallback), else a valid session cookie, else nothing.
 
     An unknown, expired or claimed cookie is treated as absent and cleared. Reads never
     create anything.
     """
-    user: UserContext | None = None
     token = _bearer_token(request)
     if token is not None:
-        user = await _verify_user(token, verifier)
-    elif request.method not in SAFE_METHODS:
+        # A signed-in caller is the user alone; the cookie only matters to the claim.
+        return AuthContext(user=await _verify_user(token, verifier))
+    if request.method not in SAFE_METHODS:
         check_csrf_origin(request, settings)
 
     session_context: SessionContext | None = None
@@ -267,7 +316,7 @@ async def get_current_user_or_session(
                 set_session_cookie(
                     response, settings, token=cookie, expires_at=resolved["expires_at"]
                 )
-    return AuthContext(user=user, session=session_context)
+    return AuthContext(session=session_context)
 
 
 CurrentAuth = Annotated[AuthContext, Depends(get_current_user_or_session)]
@@ -333,3 +382,40 @@ async def get_or_create_session(
 
 
 SessionForWrite = Annotated[SessionContext, Depends(get_or_create_session)]
+
+
+# --- ownership ----------------------------------------------------------------------------
+async def owned_conversation(
+    conversation_id: Annotated[UUID, Path(description="The conversation's id.")],
+    auth: CurrentAuth,
+    conversations: ConversationServiceDep,
+) -> Conversation:
+    """The conversation, if the caller (user or session) owns it; anyone else gets 404."""
+    return await conversations.get_owned(conversation_id=conversation_id, auth=auth)
+
+
+OwnedConversation = Annotated[Conversation, Depends(owned_conversation)]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationOwner:
+    user_id: UUID | None
+    session_id: UUID | None
+
+
+async def get_conversation_owner(
+    request: Request,
+    response: Response,
+    auth: CurrentAuth,
+    settings: SettingsDep,
+    sessions: SessionServiceDep,
+    client_ip: ClientIpDep,
+) -> ConversationOwner:
+    """A signed-in user owns what they create; otherwise the session (created if needed)."""
+    if auth.user is not None:
+        return ConversationOwner(user_id=auth.user.id, session_id=None)
+    session = await get_or_create_session(auth, response, settings, sessions, client_ip, None)
+    return ConversationOwner(user_id=None, session_id=session.session_id)
+
+
+ConversationOwnerDep = Annotated[ConversationOwner, Depends(get_conversation_owner)]

@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-4o-mini"
     openai_timeout_seconds: float = Field(default=60.0, gt=0)
     openai_max_retries: int = Field(default=2, ge=0, le=5)
+    extraction_model: str = "gpt-4o-mini"
+    extraction_timeout_seconds: float = Field(default=20.0, gt=0)
+    extraction_max_retries: int = Field(default=1, ge=0, le=3)
+    extraction_lease_seconds: int = Field(default=60, ge=5)
+    agent_history_messages: int = Field(default=20, ge=2, le=200)
+
+    # --- conversations ----------------------------------------------------------------
+    message_max_chars: int = Field(default=4000, ge=1, le=100_000)
+    message_rate_limit_per_minute: int = Field(default=20, ge=1)
 
     # --- scaling out ------------------------------------------------------------------
     redis_url: str | None = None

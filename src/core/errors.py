@@ -156,3 +156,20 @@ class CsrfOriginRejectedError(ForbiddenError):
 class AnonymousUserCannotClaimError(ForbiddenError):
     code = "anonymous_user_cannot_claim"
     default_message = "Sign up with a permanent account before claiming a session."
+
+
+class ConversationNotFoundError(NotFoundError):
+    code = "conversation_not_found"
+    default_message = "No such conversation."
+
+
+class IdempotencyKeyInUseError(ConflictError):
+    code = "idempotency_key_in_use"
+    default_message = "A request with this Idempotency-Key is still being answered; retry shortly."
+
+
+class ModelUnavailableError(TemporaryError):
+    code = "model_unavailable"
+    default_message = (
+        "The assistant is temporarily unavailable; your message was kept. Retry shortly."
+    )

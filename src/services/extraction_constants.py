@@ -362,3 +362,56 @@ def next_missing_roi_input(present: Collection[str]) -> RoiInputSpec | None:
         if spec.key not in present:
             return spec
     return None
+
+
+# --- profile extraction -----------------------------------------------------------------
+EXTRACTION_SYSTEM_PROMPT: Final[str] = (
+    "You read a conversation between a visitor and an automation consultant and extract "
+    "facts the visitor stated about their facility. Only report what the visitor said or "
+    "clearly confirmed, never guesses. Report only answers that are new or changed compared "
+    "with the current answers you are given. Use the question keys exactly as listed. "
+    "Write each value as the visitor's fact in a few words (numbers as plain numbers). "
+    "For ROI inputs give numbers only when the visitor stated them: laborRate in USD per "
+    "hour, utilization and maintenanceFactor as fractions between 0 and 1, "
+    "manualMonthlySpend in USD per month, manualMonthlyHours in hours per month; "
+    "otherwise null. Confidence is between 0 and 1."
+)
+
+EXTRACTION_USER_PROMPT: Final[str] = (
+    "Questions (key: question):\n{questions}\n\n"
+    "Current answers (key: value):\n{current_answers}\n\n"
+    "Conversation (oldest first):\n{conversation}\n\n"
+    "Return the answers that are new or changed, and any ROI inputs stated."
+)
+
+# Strict structured outputs: every property required, optional values nullable, keys
+# restricted by an enum, no additional properties. A fixed schema (compiled once by the
+# API) and a list of updates, so the model returns only what changed.
+EXTRACTION_SCHEMA: Final[dict[str, object]] = {
+    "type": "object",
+    "properties": {
+        "answers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "key": {"type": "string", "enum": list(QUESTION_KEYS_IN_ORDER)},
+                    "value": {"type": ["string", "null"]},
+                    "evidence": {"type": ["string", "null"]},
+                    "confidence": {"type": ["number", "null"]},
+                },
+                "required": ["key", "value", "evidence", "confidence"],
+                "additionalProperties": False,
+            },
+        },
+        "roi_inputs": {
+            "type": "object",
+            "properties": {key: {"type": ["number", "null"]} for key in ROI_INPUT_KEYS},
+            "required": list(ROI_INPUT_KEYS),
+            "additionalProperties": False,
+        },
+        "confidence": {"type": ["number", "null"]},
+    },
+    "required": ["answers", "roi_inputs", "confidence"],
+    "additionalProperties": False,
+}

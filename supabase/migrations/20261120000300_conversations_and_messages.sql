@@ -1,0 +1,394 @@
+-- Conversations with the agent: messages, idempotent message posts, the extraction lease,
+-- and the merge of LLM-extracted answers (which never overwrites what a person said).
+
+create table autopilot.messages (
+  id uuid primary key default gen_random_uuid(),
+  conversation_id uuid not null references autopilot.conversations (id) on delete cascade,
+  role text not null check (role in ('user', 'assistant', 'system')),
+  content text not null,
+  status text not null default 'complete'
+    check (status in ('complete', 'streaming', 'aborted', 'error')),
+  reply_to uuid references autopilot.messages (id) on delete set null,
+  -- Idempotency-Key of the POST that created a user message (a retry finds its reply).
+  idempotency_key text check (char_length(idempotency_key) <= 200),
+  prompt_tokens integer,
+  completion_tokens integer,
+  total_tokens integer,
+  model text,
+  -- What the offline agent asked in this message (a question or ROI input key).
+  metadata jsonb not null default '{}'::jsonb check (jsonb_typeof(metadata) = 'object'),
+  created_at timestamptz not null default clock_timestamp()
+);
+create index messages_conversation_created_idx on autopilot.messages (conversation_id, created_at);
+create unique index messages_idempotency_idx on autopilot.messages (conversation_id, idempotency_key)
+  where idempotency_key is not null;
+create index messages_reply_to_idx on autopilot.messages (reply_to) where reply_to is not null;
+
+-- One extraction per conversation at a time, across instances: a lease with an expiry
+-- (a crashed holder cannot block forever) and the newest message asked for meanwhile.
+create table autopilot.extraction_leases (
+  conversation_id uuid primary key references autopilot.conversations (id) on delete cascade,
+  holder text,
+  lease_until timestamptz not null default '-infinity',
+  requested_message_id uuid,
+  updated_at timestamptz not null default now()
+);
+
+------------------------------------------------------------------------------------------
+-- Conversations
+------------------------------------------------------------------------------------------
+-- Owned by a user or by a session; a session's newest conversation becomes its current
+-- one. The phase starts as the owner's.
+create or replace function autopilot.create_conversation(
+  p_user_id uuid default null, p_session_id uuid default null, p_title text default null
+) returns autopilot.conversations
+language plpgsql
+as $$
+declare
+  c autopilot.conversations;
+  owner_phase autopilot.session_phase := 'discovery';
+begin
+  if p_user_id is not null then
+    perform autopilot_private.ensure_profile(p_user_id, null);
+    select phase into owner_phase from autopilot.discovery_profiles where profile_id = p_user_id;
+  elsif p_session_id is not null then
+    select phase into owner_phase from autopilot.sessions
+     where id = p_session_id and claimed_by_profile_id is null and expires_at > now();
+    if not found then
+      perform autopilot_private.fail(404, 'session_not_found', 'No active session.');
+    end if;
+  else
+    perform autopilot_private.fail(422, 'validation_error', 'A conversation needs an owner.');
+  end if;
+
+  insert into autopilot.conversations (user_id, session_id, phase, title)
+  values (p_user_id, case when p_user_id is null then p_session_id end, owner_phase, p_title)
+  returning * into c;
+
+  if p_user_id is null then
+    update autopilot.sessions set conversation_id = c.id, updated_at = now()
+     where id = p_session_id;
+  end if;
+  return c;
+end
+$$;
+
+-- Used by the claim and by ConversationService.transfer_to_profile: one definition.
+create or replace function autopilot_private.move_session_conversations(
+  p_session_id uuid, p_user_id uuid, p_phase autopilot.session_phase
+) returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  moved integer;
+begin
+  update autopilot.conversations
+     set user_id = p_user_id, session_id = null, phase = p_phase, updated_at = now()
+   where session_id = p_session_id;
+  get diagnostics moved = row_count;
+  return moved;
+end
+$$;
+
+-- Conversations of a session already claimed by this user (e.g. one created by a request
+-- that raced the claim) move to the user too.
+create or replace function autopilot.transfer_conversations_to_profile(
+  p_session_id uuid, p_user_id uuid
+) returns integer
+language plpgsql
+as $$
+declare
+  owner_phase autopilot.session_phase;
+begin
+  if not exists (select 1 from autopilot.sessions
+                  where id = p_session_id and claimed_by_profile_id = p_user_id) then
+    perform autopilot_private.fail(404, 'session_not_found',
+      'No session claimed by this user.');
+  end if;
+  select phase into owner_phase from autopilot.discovery_profiles where profile_id = p_user_id;
+  return autopilot_private.move_session_conversations(p_session_id, p_user_id, owner_phase);
+end
+$$;
+
+------------------------------------------------------------------------------------------
+-- Messages
+------------------------------------------------------------------------------------------
+-- Store a user message. With an Idempotency-Key already used in this conversation,
+-- nothing is stored: the first message and its reply (if any) come back instead.
+create or replace function autopilot.append_user_message(
+  p_conversation_id uuid, p_content text, p_idempotency_key text default null
+) returns jsonb
+language plpgsql
+as $$
+declare
+  m autopilot.messages;
+  reply autopilot.messages;
+begin
+  if p_idempotency_key is not null then
+    select * into m from autopilot.messages
+     where conversation_id = p_conversation_id and idempotency_key = p_idempotency_key;
+    if found then
+      select * into reply from autopilot.messages
+       where reply_to = m.id and role = 'assistant' order by created_at desc limit 1;
+      return jsonb_build_object('message', to_jsonb(m), 'replayed', true,
+        'reply', case when reply.id is null then null else to_jsonb(reply) end);
+    end if;
+  end if;
+
+  insert into autopilot.messages (conversation_id, role, content, idempotency_key)
+  values (p_conversation_id, 'user', p_content, p_idempotency_key)
+  on conflict (conversation_id, idempotency_key) where idempotency_key is not null do nothing
+  returning * into m;
+  if m.id is null then
+    -- a concurrent retry won the insert
+    return autopilot.append_user_message(p_conversation_id, p_content, p_idempotency_key);
+  end if;
+  update autopilot.conversations set updated_at = now() where id = p_conversation_id;
+  return jsonb_build_object('message', to_jsonb(m), 'replayed', false, 'reply', null);
+end
+$$;
+
+create or replace function autopilot.save_assistant_message(
+  p_conversation_id uuid, p_reply_to uuid, p_content text, p_status text,
+  p_model text default null, p_prompt_tokens integer default null,
+  p_completion_tokens integer default null, p_metadata jsonb default '{}'::jsonb
+) returns autopilot.messages
+language plpgsql
+as $$
+declare
+  m autopilot.messages;
+begin
+  insert into autopilot.messages (
+    conversation_id, role, content, status, reply_to, model,
+    prompt_tokens, completion_tokens, total_tokens, metadata)
+  values (
+    p_conversation_id, 'assistant', coalesce(p_content, ''), p_status, p_reply_to, p_model,
+    p_prompt_tokens, p_completion_tokens, p_prompt_tokens + p_completion_tokens,
+    coalesce(p_metadata, '{}'::jsonb))
+  returning * into m;
+  update autopilot.conversations set updated_at = now() where id = p_conversation_id;
+  return m;
+end
+$$;
+
+------------------------------------------------------------------------------------------
+-- Extraction: a lease per conversation, and the merge of what the model extracted
+------------------------------------------------------------------------------------------
+-- Ask for an extraction up to p_message_id. Returns true when the caller now holds the
+-- lease and should run; false when another holder runs (it will see the newer request).
+create or replace function autopilot.request_extraction(
+  p_conversation_id uuid, p_message_id uuid, p_holder text, p_lease_seconds integer default 60
+) returns boolean
+language plpgsql
+as $$
+declare
+  acquired boolean;
+begin
+  insert into autopilot.extraction_leases as l
+    (conversation_id, holder, lease_until, requested_message_id, updated_at)
+  values (p_conversation_id, p_holder, now() + make_interval(secs => p_lease_seconds),
+          p_message_id, now())
+  on conflict (conversation_id) do update set
+    requested_message_id = excluded.requested_message_id,
+    holder = case when l.lease_until < now() or l.holder = excluded.holder
+                  then excluded.holder else l.holder end,
+    lease_until = case when l.lease_until < now() or l.holder = excluded.holder
+                       then excluded.lease_until else l.lease_until end,
+    updated_at = now()
+  returning l.holder = p_holder into acquired;
+  return acquired;
+end
+$$;
+
+-- Done with an extraction up to p_processed_message_id. When a newer message was asked
+-- for meanwhile, the caller keeps the lease and returns that message id to run again
+-- (superseding every request in between); otherwise the lease is released (null).
+create or replace function autopilot.finish_extraction(
+  p_conversation_id uuid, p_holder text, p_processed_message_id uuid,
+  p_lease_seconds integer default 60
+) returns uuid
+language plpgsql
+as $$
+declare
+  l autopilot.extraction_leases;
+begin
+  select * into l from autopilot.extraction_leases
+   where conversation_id = p_conversation_id for update;
+  if not found or l.holder is distinct from p_holder then
+    return null;
+  end if;
+  if l.requested_message_id is not null
+     and l.requested_message_id is distinct from p_processed_message_id then
+    update autopilot.extraction_leases
+       set lease_until = now() + make_interval(secs => p_lease_seconds), updated_at = now()
+     where conversation_id = p_conversation_id;
+    return l.requested_message_id;
+  end if;
+  update autopilot.extraction_leases
+     set holder = null, lease_until = '-infinity', updated_at = now()
+   where conversation_id = p_conversation_id;
+  return null;
+end
+$$;
+
+-- Per key: an existing answer given by the person is never overwritten; an identical value
+-- is not rewritten; anything else takes the extracted entry.
+create or replace function autopilot_private.merge_extracted_entries(p_base jsonb, p_incoming jsonb)
+returns jsonb
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+  select p_base || coalesce(jsonb_object_agg(i.key, i.value), '{}'::jsonb)
+  from jsonb_each(coalesce(p_incoming, '{}'::jsonb)) as i
+  where coalesce(p_base -> i.key ->> 'source', '') <> 'user'
+    and (p_base -> i.key -> 'value') is distinct from (i.value -> 'value')
+$$;
+
+create or replace function autopilot_private.changed_keys(p_before jsonb, p_after jsonb)
+returns text[]
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+  select coalesce(array_agg(a.key order by a.key), '{}')
+  from jsonb_each(p_after) as a
+  where (p_before -> a.key) is distinct from a.value
+$$;
+
+-- Merge what the model extracted into the session (if given) or the profile. Bumps the
+-- version only when something changed. Returns the changed keys and the new version.
+create or replace function autopilot.merge_extracted_progress(
+  p_session_id uuid, p_profile_id uuid, p_answers jsonb, p_roi_inputs jsonb
+) returns jsonb
+language plpgsql
+as $$
+declare
+  before_answers jsonb;
+  before_roi jsonb;
+  after_answers jsonb;
+  after_roi jsonb;
+  changed text[];
+  changed_roi text[];
+  new_version integer;
+begin
+  if p_session_id is not null then
+    select answers, roi_inputs, version into before_answers, before_roi, new_version
+      from autopilot.sessions
+     where id = p_session_id and claimed_by_profile_id is null for update;
+  elsif p_profile_id is not null then
+    select answers, roi_inputs, version into before_answers, before_roi, new_version
+      from autopilot.discovery_profiles where profile_id = p_profile_id for update;
+  end if;
+  if before_answers is null then
+    return jsonb_build_object('changed_keys', '[]'::jsonb, 'changed_roi_keys', '[]'::jsonb,
+                              'version', null);
+  end if;
+
+  after_answers := autopilot_private.merge_extracted_entries(before_answers, p_answers);
+  after_roi := autopilot_private.merge_extracted_entries(before_roi, p_roi_inputs);
+  changed := autopilot_private.changed_keys(before_answers, after_answers);
+  changed_roi := autopilot_private.changed_keys(before_roi, after_roi);
+
+  if cardinality(changed) + cardinality(changed_roi) > 0 then
+    if p_session_id is not null then
+      update autopilot.sessions
+         set answers = after_answers, roi_inputs = after_roi, version = version + 1,
+             updated_at = now()
+       where id = p_session_id returning version into new_version;
+    else
+      update autopilot.discovery_profiles
+         set answers = after_answers, roi_inputs = after_roi, version = version + 1,
+             updated_at = now()
+       where profile_id = p_profile_id returning version into new_version;
+    end if;
+  end if;
+  return jsonb_build_object('changed_keys', to_jsonb(changed),
+                            'changed_roi_keys', to_jsonb(changed_roi), 'version', new_version);
+end
+$$;
+
+------------------------------------------------------------------------------------------
+-- The claim moves conversations through the one shared function.
+------------------------------------------------------------------------------------------
+create or replace function autopilot.claim_session(
+  p_token_hash text, p_user_id uuid, p_email text default null, p_dry_run boolean default false
+) returns jsonb
+language plpgsql
+as $$
+declare
+  s autopilot.sessions;
+  dp autopilot.discovery_profiles;
+  merged autopilot_private.progress;
+  moved integer := 0;
+begin
+  select * into s from autopilot.sessions where token_hash = p_token_hash for update;
+  if not found or (s.claimed_by_profile_id is null and s.expires_at <= now()) then
+    perform autopilot_private.fail(404, 'session_not_found', 'No session to claim.');
+  end if;
+
+  if s.claimed_by_profile_id is not null then
+    if s.claimed_by_profile_id <> p_user_id then
+      perform autopilot_private.fail(409, 'session_already_claimed',
+        'This session was claimed by another account.');
+    end if;
+    select * into dp from autopilot.discovery_profiles where profile_id = p_user_id;
+    return jsonb_build_object('profile', to_jsonb(dp), 'session_id', s.id,
+      'already_claimed', true, 'conversations_moved', 0, 'dry_run', p_dry_run);
+  end if;
+
+  if not p_dry_run then
+    perform autopilot_private.ensure_profile(p_user_id, p_email);
+  end if;
+  select * into dp from autopilot.discovery_profiles where profile_id = p_user_id for update;
+  if not found then
+    -- dry run for a user with no profile yet: merge into an empty one, write nothing
+    dp := row(null, p_user_id, 0, 'discovery', '{}'::jsonb, '{}'::jsonb, '{}'::uuid[], null,
+              0, now(), now())::autopilot.discovery_profiles;
+  end if;
+
+  merged := autopilot_private.merge_progress(
+    row(dp.answers, dp.roi_inputs, dp.phase, dp.current_question_index,
+        dp.selected_product_ids, dp.timeframe)::autopilot_private.progress,
+    row(s.answers, s.roi_inputs, s.phase, s.current_question_index,
+        s.selected_product_ids, s.timeframe)::autopilot_private.progress);
+
+  dp.answers := merged.answers;
+  dp.roi_inputs := merged.roi_inputs;
+  dp.phase := merged.phase;
+  dp.current_question_index := merged.current_question_index;
+  dp.selected_product_ids := merged.selected_product_ids;
+  dp.timeframe := merged.timeframe;
+
+  if p_dry_run then
+    select count(*) into moved from autopilot.conversations where session_id = s.id;
+    return jsonb_build_object('profile', to_jsonb(dp), 'session_id', s.id,
+      'already_claimed', false, 'conversations_moved', moved, 'dry_run', true);
+  end if;
+
+  update autopilot.discovery_profiles set
+    answers = dp.answers,
+    roi_inputs = dp.roi_inputs,
+    phase = dp.phase,
+    current_question_index = dp.current_question_index,
+    selected_product_ids = dp.selected_product_ids,
+    timeframe = dp.timeframe,
+    version = version + 1,
+    updated_at = now()
+  where profile_id = p_user_id
+  returning * into dp;
+
+  moved := autopilot_private.move_session_conversations(s.id, p_user_id, dp.phase);
+
+  update autopilot.sessions
+     set claimed_by_profile_id = p_user_id, claimed_at = now(), updated_at = now(),
+         version = version + 1
+   where id = s.id;
+
+  return jsonb_build_object('profile', to_jsonb(dp), 'session_id', s.id,
+    'already_claimed', false, 'conversations_moved', moved, 'dry_run', false);
+end
+$$;
+
+select autopilot_private.secure_schema();
