@@ -33,8 +33,10 @@ async def measure(base_url: str, count: int) -> dict[str, float]:
             started = time.perf_counter()
             got_byte = got_delta = None
             async with http.stream(
-                "POST", f"/api/v1/conversations/{conversation}/messages",
-                json={"content": f"message {index}"}, headers={"Accept": "text/event-stream"},
+                "POST",
+                f"/api/v1/conversations/{conversation}/messages",
+                json={"content": f"message {index}"},
+                headers={"Accept": "text/event-stream"},
             ) as response:
                 async for chunk in response.aiter_raw():
                     now = time.perf_counter()
@@ -65,8 +67,12 @@ def main() -> None:
     model = FakeOpenAIServer().start()
     model.instant("Sure, let's look at your facility.")
     service = start_service(
-        plane, work, OPENAI_API_KEY="bench", OPENAI_BASE_URL=model.base_url,
-        MESSAGE_RATE_LIMIT_PER_MINUTE="100000", LOG_LEVEL="WARNING",
+        plane,
+        work,
+        OPENAI_API_KEY="bench",
+        OPENAI_BASE_URL=model.base_url,
+        MESSAGE_RATE_LIMIT_PER_MINUTE="100000",
+        LOG_LEVEL="WARNING",
     )
     try:
         print(json.dumps(asyncio.run(measure(service.base_url, count)), indent=2))  # noqa: T201

@@ -38,36 +38,17 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 async def _cleanup_expired(settings: Settings) -> int:
-    from src.core.supabase import (
-        DataPlaneEndpoint,
-        close_supabase_client,
-        create_supabase_client,
-        endpoint_from_settings,
-    )
+    from src.core.supabase import close_supabase_client, create_supabase_client, open_data_plane
     from src.services.discovery_profile_service import DiscoveryProfileService
     from src.services.rate_limiter import InMemoryRateLimiter
     from src.services.session_service import SessionService
 
-    local_plane = None
-    if settings.uses_local_data_plane:
-        from src.local.dataplane import LocalDataPlane
-
-        local_plane = LocalDataPlane(
-            data_dir=settings.local_data_dir,
-            database_url=settings.database_url,
-            jwt_secret=settings.supabase_jwt_secret,
-            postgrest_bin=settings.postgrest_bin,
-            schema=settings.db_schema,
-        )
-        info = local_plane.start()
-        endpoint = DataPlaneEndpoint(rest_url=info.rest_url, service_role_key=info.service_role_key)
-    else:
-        endpoint = endpoint_from_settings(settings)
-    client = create_supabase_client(endpoint, settings)
+    plane = await asyncio.to_thread(open_data_plane, settings)
+    client = create_supabase_client(plane.endpoint, plane.settings)
     try:
         service = SessionService(
             client,
-            settings,
+            plane.settings,
             profiles=DiscoveryProfileService(client),
             rate_limiter=InMemoryRateLimiter(),
         )
@@ -76,8 +57,7 @@ async def _cleanup_expired(settings: Settings) -> int:
         )
     finally:
         await close_supabase_client(client)
-        if local_plane is not None:
-            local_plane.stop()
+        await asyncio.to_thread(plane.stop)
 
 
 def _cleanup(_: argparse.Namespace) -> int:

@@ -23,12 +23,7 @@ from src.core.config import Settings, get_settings
 from src.core.openai import create_openai_client
 from src.core.security import TokenVerifier
 from src.core.state import AppState
-from src.core.supabase import (
-    DataPlaneEndpoint,
-    close_supabase_client,
-    create_supabase_client,
-    endpoint_from_settings,
-)
+from src.core.supabase import close_supabase_client, create_supabase_client, open_data_plane
 from src.services.discovery_profile_service import DiscoveryProfileService
 from src.services.maintenance import start_session_cleanup, stop_background_task
 from src.services.rate_limiter import InMemoryRateLimiter
@@ -43,26 +38,8 @@ DOCS_ASSETS_URL = "/static/docs"
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
-    settings: Settings = app.state.settings
-    settings.require_data_plane()
-    local_plane = None
-    if settings.uses_local_data_plane:
-        from src.local.dataplane import LocalDataPlane
-
-        local_plane = LocalDataPlane(
-            data_dir=settings.local_data_dir,
-            database_url=settings.database_url,
-            jwt_secret=settings.supabase_jwt_secret,
-            postgrest_bin=settings.postgrest_bin,
-            schema=settings.db_schema,
-        )
-        info = await asyncio.to_thread(local_plane.start)
-        endpoint = DataPlaneEndpoint(rest_url=info.rest_url, service_role_key=info.service_role_key)
-        # Tokens this process verifies are signed with the local secret.
-        settings = settings.model_copy(update={"supabase_jwt_secret": info.jwt_secret})
-    else:
-        endpoint = endpoint_from_settings(settings)
-
+    plane = await asyncio.to_thread(open_data_plane, app.state.settings)
+    settings, endpoint = plane.settings, plane.endpoint
     supabase = create_supabase_client(endpoint, settings)
     openai = create_openai_client(settings)
     http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
@@ -97,8 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         await http.aclose()
         if openai is not None:
             await openai.close()
-        if local_plane is not None:
-            await asyncio.to_thread(local_plane.stop)
+        await asyncio.to_thread(plane.stop)
 
 
 def _install_docs(app: FastAPI) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,39 @@ def endpoint_from_settings(settings: Settings) -> DataPlaneEndpoint:
     assert settings.supabase_service_role_key
     rest_url = settings.supabase_rest_url or f"{settings.supabase_url}/rest/v1"
     return DataPlaneEndpoint(rest_url=rest_url, service_role_key=settings.supabase_service_role_key)
+
+
+@dataclass
+class OpenDataPlane:
+    """The endpoint to use, the settings to use with it, and how to let it go."""
+
+    endpoint: DataPlaneEndpoint
+    settings: Settings
+    stop: Callable[[], None]
+
+
+def open_data_plane(settings: Settings) -> OpenDataPlane:
+    """The hosted project's REST layer, or (local mode only) a local one started now.
+
+    Blocking (it may start processes): call it from a thread in async code.
+    """
+    settings.require_data_plane()
+    if not settings.uses_local_data_plane:
+        return OpenDataPlane(endpoint_from_settings(settings), settings, lambda: None)
+    from src.local.dataplane import LocalDataPlane
+
+    plane = LocalDataPlane(
+        data_dir=settings.local_data_dir,
+        database_url=settings.database_url,
+        jwt_secret=settings.supabase_jwt_secret,
+        postgrest_bin=settings.postgrest_bin,
+        schema=settings.db_schema,
+    )
+    info = plane.start()
+    endpoint = DataPlaneEndpoint(rest_url=info.rest_url, service_role_key=info.service_role_key)
+    # Tokens this process verifies are signed with the local secret.
+    local_settings = settings.model_copy(update={"supabase_jwt_secret": info.jwt_secret})
+    return OpenDataPlane(endpoint, local_settings, plane.stop)
 
 
 def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> AsyncClient:

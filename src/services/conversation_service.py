@@ -17,7 +17,7 @@ class ConversationService:
     def __init__(self, supabase: AsyncClient) -> None:
         self._supabase = supabase
 
-    async def _select(self, table: str, query: Any) -> list[dict[str, Any]]:
+    async def _select(self, query: Any) -> list[dict[str, Any]]:
         try:
             response = await query.execute()
         except Exception as exc:
@@ -52,7 +52,6 @@ class ConversationService:
         if auth.is_empty:
             raise ConversationNotFoundError()
         rows = await self._select(
-            "conversations",
             self._supabase.table("conversations").select("*").eq("id", str(conversation_id)),
         )
         if not rows:
@@ -68,7 +67,6 @@ class ConversationService:
 
     async def can_access_by_session(self, *, conversation_id: UUID, session_id: UUID) -> bool:
         rows = await self._select(
-            "conversations",
             self._supabase.table("conversations")
             .select("id")
             .eq("id", str(conversation_id))
@@ -85,9 +83,7 @@ class ConversationService:
             query = query.eq("session_id", str(auth.session.session_id))
         else:
             return []
-        rows = await self._select(
-            "conversations", query.order("updated_at", desc=True).limit(limit)
-        )
+        rows = await self._select(query.order("updated_at", desc=True).limit(limit))
         return cast(list[Conversation], rows)
 
     async def get_messages_page(
@@ -99,7 +95,7 @@ class ConversationService:
         )
         if before is not None:
             query = query.lt("created_at", before)
-        rows = await self._select("messages", query.order("created_at", desc=True).limit(limit + 1))
+        rows = await self._select(query.order("created_at", desc=True).limit(limit + 1))
         has_more = len(rows) > limit
         page = cast(list[Message], list(reversed(rows[:limit])))
         return page, (page[0]["created_at"] if has_more and page else None)

@@ -425,6 +425,24 @@ begin
 end
 $$;
 
+-- Used by the claim and by ConversationService.transfer_to_profile: one definition.
+create or replace function autopilot_private.move_session_conversations(
+  p_session_id uuid, p_user_id uuid, p_phase autopilot.session_phase
+) returns integer
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  moved integer;
+begin
+  update autopilot.conversations
+     set user_id = p_user_id, session_id = null, phase = p_phase, updated_at = now()
+   where session_id = p_session_id;
+  get diagnostics moved = row_count;
+  return moved;
+end
+$$;
+
 ------------------------------------------------------------------------------------------
 -- The claim: one transaction. Lock the session, check it, merge into the profile, move
 -- its conversations, mark it claimed (kept as a record; its token no longer resolves).
@@ -496,10 +514,7 @@ begin
   where profile_id = p_user_id
   returning * into dp;
 
-  update autopilot.conversations
-     set user_id = p_user_id, session_id = null, phase = dp.phase, updated_at = now()
-   where session_id = s.id;
-  get diagnostics moved = row_count;
+  moved := autopilot_private.move_session_conversations(s.id, p_user_id, dp.phase);
 
   update autopilot.sessions
      set claimed_by_profile_id = p_user_id, claimed_at = now(), updated_at = now(),
