@@ -21,6 +21,7 @@ def _serve(_: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level.lower(),
         proxy_headers=False,
+        access_log=False,
         timeout_graceful_shutdown=10,
     )
     return 0
@@ -40,6 +41,7 @@ def _migrate(_: argparse.Namespace) -> int:
 async def _cleanup_expired(settings: Settings) -> int:
     from src.core.supabase import close_supabase_client, create_supabase_client, open_data_plane
     from src.services.discovery_profile_service import DiscoveryProfileService
+    from src.services.event_bus import InProcessEventBus
     from src.services.rate_limiter import InMemoryRateLimiter
     from src.services.session_service import SessionService
 
@@ -49,8 +51,9 @@ async def _cleanup_expired(settings: Settings) -> int:
         service = SessionService(
             client,
             plane.settings,
-            profiles=DiscoveryProfileService(client),
+            profiles=DiscoveryProfileService(client, bus=InProcessEventBus()),
             rate_limiter=InMemoryRateLimiter(),
+            bus=InProcessEventBus(),
         )
         return await service.cleanup_expired_sessions(
             batch_size=settings.session_cleanup_batch_size

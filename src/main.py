@@ -18,13 +18,14 @@ from fastapi.staticfiles import StaticFiles
 
 from src.api.error_handlers import install_error_handlers
 from src.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from src.api.routes import conversations, discovery, health, sessions
+from src.api.routes import admin, conversations, discovery, events, health, sessions
 from src.core.config import Settings, get_settings
 from src.core.openai import create_openai_client
 from src.core.security import TokenVerifier
 from src.core.state import AppState
 from src.core.supabase import close_supabase_client, create_supabase_client, open_data_plane
 from src.services.discovery_profile_service import DiscoveryProfileService
+from src.services.event_bus import create_event_bus
 from src.services.maintenance import start_session_cleanup, stop_background_task
 from src.services.rate_limiter import InMemoryRateLimiter
 from src.services.session_service import SessionService
@@ -55,13 +56,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
             http_client=http,
         ),
         rate_limiter=InMemoryRateLimiter(),
+        bus=create_event_bus(settings.redis_url),
     )
+    await state.bus.start()
     cleanup_task = start_session_cleanup(
         SessionService(
             supabase,
             settings,
-            profiles=DiscoveryProfileService(supabase),
+            profiles=DiscoveryProfileService(supabase, bus=state.bus),
             rate_limiter=state.rate_limiter,
+            bus=state.bus,
         ),
         interval_seconds=settings.session_cleanup_interval_seconds,
         batch_size=settings.session_cleanup_batch_size,
@@ -70,6 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         yield {"app_state": state}
     finally:
         await stop_background_task(cleanup_task)
+        await state.bus.close()
         await close_supabase_client(supabase)
         await http.aclose()
         if openai is not None:
@@ -133,4 +138,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router, prefix=f"{API_PREFIX}/sessions")
     app.include_router(discovery.router, prefix=f"{API_PREFIX}/discovery")
     app.include_router(conversations.router, prefix=f"{API_PREFIX}/conversations")
+    app.include_router(events.router, prefix=f"{API_PREFIX}/events")
+    app.include_router(admin.router, prefix=f"{API_PREFIX}/admin")
     return app

@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.fixtures.dataplane",
     "tests.fixtures.processes",
     "tests.fixtures.fake_openai",
+    "tests.fixtures.redis",
 ]
 
 API_BASE_URL = "https://testserver"

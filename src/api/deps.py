@@ -27,10 +27,12 @@ from src.core.state import AppState
 from src.models.auth import AuthContext, SessionContext, UserContext
 from src.models.conversation import Conversation
 from src.models.session import ResolvedSession
+from src.services.admin_service import AdminService
 from src.services.agent_service import AgentService
 from src.services.chat_service import ChatService
 from src.services.conversation_service import ConversationService
 from src.services.discovery_profile_service import DiscoveryProfileService
+from src.services.event_service import EventService
 from src.services.health_service import HealthService
 from src.services.profile_extraction_service import ProfileExtractionService
 from src.services.rate_limiter import RateLimiter
@@ -99,8 +101,10 @@ def get_health_service(supabase: SupabaseDep) -> HealthService:
 HealthServiceDep = Annotated[HealthService, Depends(get_health_service)]
 
 
-def get_discovery_profile_service(supabase: SupabaseDep) -> DiscoveryProfileService:
-    return DiscoveryProfileService(supabase)
+def get_discovery_profile_service(
+    supabase: SupabaseDep, state: AppStateDep
+) -> DiscoveryProfileService:
+    return DiscoveryProfileService(supabase, bus=state.bus)
 
 
 DiscoveryProfileServiceDep = Annotated[
@@ -113,8 +117,11 @@ def get_session_service(
     settings: SettingsDep,
     profiles: DiscoveryProfileServiceDep,
     rate_limiter: RateLimiterDep,
+    state: AppStateDep,
 ) -> SessionService:
-    return SessionService(supabase, settings, profiles=profiles, rate_limiter=rate_limiter)
+    return SessionService(
+        supabase, settings, profiles=profiles, rate_limiter=rate_limiter, bus=state.bus
+    )
 
 
 SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
@@ -137,7 +144,7 @@ AgentServiceDep = Annotated[AgentService, Depends(get_agent_service)]
 
 
 def get_profile_extraction_service(state: AppStateDep) -> ProfileExtractionService:
-    return ProfileExtractionService(state.openai, state.settings, state.supabase)
+    return ProfileExtractionService(state.openai, state.settings, state.supabase, bus=state.bus)
 
 
 ProfileExtractionServiceDep = Annotated[
@@ -161,6 +168,20 @@ def get_chat_service(
 
 
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+
+
+def get_event_service(state: AppStateDep) -> EventService:
+    return EventService(state.supabase, state.settings, bus=state.bus)
+
+
+EventServiceDep = Annotated[EventService, Depends(get_event_service)]
+
+
+def get_admin_service(state: AppStateDep) -> AdminService:
+    return AdminService(state.supabase, state.settings)
+
+
+AdminServiceDep = Annotated[AdminService, Depends(get_admin_service)]
 
 
 # --- client address -----------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import time
 import uuid
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -12,13 +15,15 @@ from src.api.error_handlers import unhandled_error_response
 from src.core.request_context import request_id_var
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+access_logger = logging.getLogger("src.access")
 
 
 class RequestIdMiddleware:
     """Accepts a sane `X-Request-ID` or makes one; returns it and puts it in the logs.
 
     It also answers an exception nothing else handled (envelope, request id, no trace),
-    so even a 500 carries the id it was logged under.
+    so even a 500 carries the id it was logged under, and writes the one access line per
+    request: the path without its query string (tickets travel there) and no headers.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -39,11 +44,14 @@ class RequestIdMiddleware:
         header = (b"x-request-id", request_id.encode("latin-1"))
 
         response_started = False
+        status = 500
+        started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal response_started
+            nonlocal response_started, status
             if message["type"] == "http.response.start":
                 response_started = True
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
@@ -54,6 +62,18 @@ class RequestIdMiddleware:
                 raise
             await unhandled_error_response(exc)(scope, receive, send_with_id)
         finally:
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    json.dumps(
+                        {
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status,
+                            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                            "request_id": request_id,
+                        }
+                    )
+                )
             request_id_var.reset(token)
 
 

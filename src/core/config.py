@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     message_max_chars: int = Field(default=4000, ge=1, le=100_000)
     message_rate_limit_per_minute: int = Field(default=20, ge=1)
 
+    # --- lifecycle, live events, admin ------------------------------------------------
+    recovery_window_days: int = Field(default=7, ge=1)
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    events_retry_ms: int = Field(default=3000, ge=0)
+    event_ticket_ttl_seconds: int = Field(default=30, ge=5, le=600)
+    admin_active_minutes: int = Field(default=15, ge=1)
+
     # --- scaling out ------------------------------------------------------------------
     redis_url: str | None = None
 

@@ -173,3 +173,8 @@ class ModelUnavailableError(TemporaryError):
     default_message = (
         "The assistant is temporarily unavailable; your message was kept. Retry shortly."
     )
+
+
+class CompletionNotAllowedError(ConflictError):
+    code = "completion_not_allowed"
+    default_message = "Only a session or profile in the greenlight phase can be completed."

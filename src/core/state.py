@@ -10,6 +10,7 @@ from supabase import AsyncClient
 
 from src.core.config import Settings
 from src.core.security import TokenVerifier
+from src.services.event_bus import EventBus
 from src.services.rate_limiter import RateLimiter
 
 
@@ -21,3 +22,4 @@ class AppState:
     http: httpx.AsyncClient
     token_verifier: TokenVerifier
     rate_limiter: RateLimiter
+    bus: EventBus

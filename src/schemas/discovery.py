@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -119,7 +119,16 @@ class DiscoveryProfileUpdate(ProgressUpdate):
     pass
 
 
+SessionStatus = Literal["active", "completed", "claimed", "expired"]
+
+
 class ProgressPublic(CamelModel):
+    status: SessionStatus
+    is_recoverable: bool = Field(
+        description="Not completed, and active within the recovery window: worth resuming."
+    )
+    last_activity_at: datetime
+    completed_at: datetime | None
     phase: SessionPhase
     phase_display_name: str
     current_question_index: int
@@ -147,10 +156,31 @@ class QuestionPublic(CamelModel):
     unit: str | None
 
 
-def progress_public_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+def lifecycle_status(row: Mapping[str, Any]) -> SessionStatus:
+    """The same rule as autopilot_private.session_status."""
+    if row.get("claimed_by_profile_id"):
+        return "claimed"
+    if row.get("completed_at"):
+        return "completed"
+    expires_at = row.get("expires_at")
+    if expires_at and datetime.fromisoformat(expires_at) <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
+def progress_public_fields(row: Mapping[str, Any], *, recovery_window_days: int) -> dict[str, Any]:
     """The shared fields of a session or profile row, shaped for the wire."""
     roi_entries: dict[str, Any] = row.get("roi_inputs") or {}
+    status = lifecycle_status(row)
+    last_activity = datetime.fromisoformat(row.get("last_seen_at") or row["updated_at"])
+    recoverable = status == "active" and last_activity > datetime.now(UTC) - timedelta(
+        days=recovery_window_days
+    )
     return {
+        "status": status,
+        "is_recoverable": recoverable,
+        "last_activity_at": last_activity,
+        "completed_at": row.get("completed_at"),
         "phase": row["phase"],
         "phase_display_name": PHASE_DISPLAY_NAMES[row["phase"]],
         "current_question_index": row["current_question_index"],
@@ -169,7 +199,12 @@ def _snake(camel: str) -> str:
     return "".join(f"_{char.lower()}" if char.isupper() else char for char in camel)
 
 
-def discovery_profile_response(row: Mapping[str, Any]) -> DiscoveryProfileResponse:
+def discovery_profile_response(
+    row: Mapping[str, Any], *, recovery_window_days: int
+) -> DiscoveryProfileResponse:
     return DiscoveryProfileResponse.model_validate(
-        {**progress_public_fields(row), "profile_id": row["profile_id"]}
+        {
+            **progress_public_fields(row, recovery_window_days=recovery_window_days),
+            "profile_id": row["profile_id"],
+        }
     )

@@ -37,10 +37,10 @@ class SessionResponse(ProgressPublic):
     last_seen_at: datetime
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> SessionResponse:
+    def from_row(cls, row: Mapping[str, Any], *, recovery_window_days: int) -> SessionResponse:
         return cls.model_validate(
             {
-                **progress_public_fields(row),
+                **progress_public_fields(row, recovery_window_days=recovery_window_days),
                 "id": row["id"],
                 "conversation_id": row.get("conversation_id"),
                 "metadata": row.get("metadata") or {},
@@ -58,9 +58,13 @@ class SessionClaimResponse(CamelModel):
     dry_run: bool
 
     @classmethod
-    def from_outcome(cls, outcome: Mapping[str, Any]) -> SessionClaimResponse:
+    def from_outcome(
+        cls, outcome: Mapping[str, Any], *, recovery_window_days: int
+    ) -> SessionClaimResponse:
         return cls(
-            profile=discovery_profile_response(outcome["profile"]),
+            profile=discovery_profile_response(
+                outcome["profile"], recovery_window_days=recovery_window_days
+            ),
             claimed_session_id=outcome["session_id"],
             conversations_moved=outcome["conversations_moved"],
             already_claimed=outcome["already_claimed"],

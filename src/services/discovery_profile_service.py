@@ -11,12 +11,14 @@ from src.core.supabase import call_rpc
 from src.models.auth import UserContext
 from src.models.discovery_profile import ClaimOutcome, DiscoveryProfile
 from src.schemas.discovery import DiscoveryProfileUpdate
+from src.services.event_bus import EventBus, profile_subject, session_subject
 from src.services.progress import build_progress_patch
 
 
 class DiscoveryProfileService:
-    def __init__(self, supabase: AsyncClient) -> None:
+    def __init__(self, supabase: AsyncClient, *, bus: EventBus) -> None:
         self._supabase = supabase
+        self._bus = bus
 
     async def get_or_create(self, *, user: UserContext) -> DiscoveryProfile:
         row = await call_rpc(
@@ -24,7 +26,10 @@ class DiscoveryProfileService:
             "get_or_create_discovery_profile",
             {"p_user_id": str(user.id), "p_email": user.email},
         )
-        return cast(DiscoveryProfile, row)
+        profile = cast(DiscoveryProfile, row)
+        if profile["version"] == 1 and profile["created_at"] == profile["updated_at"]:
+            await self._bus.publish(profile_subject(user.id))
+        return profile
 
     async def update(
         self,
@@ -43,6 +48,15 @@ class DiscoveryProfileService:
                 "p_email": user.email,
             },
         )
+        await self._bus.publish(profile_subject(user.id))
+        return cast(DiscoveryProfile, row)
+
+    async def complete(self, *, user: UserContext) -> DiscoveryProfile:
+        """Only from greenlight (409 otherwise); completing twice changes nothing."""
+        row = await call_rpc(
+            self._supabase, "complete_discovery_profile", {"p_user_id": str(user.id)}
+        )
+        await self._bus.publish(profile_subject(user.id))
         return cast(DiscoveryProfile, row)
 
     async def create_from_session(
@@ -59,4 +73,8 @@ class DiscoveryProfileService:
                 "p_dry_run": dry_run,
             },
         )
-        return cast(ClaimOutcome, outcome)
+        claim = cast(ClaimOutcome, outcome)
+        if not dry_run and not claim["already_claimed"]:
+            await self._bus.publish(session_subject(claim["session_id"]))
+            await self._bus.publish(profile_subject(user.id))
+        return claim

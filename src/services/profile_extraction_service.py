@@ -20,6 +20,7 @@ from src.core.config import Settings
 from src.core.supabase import call_rpc, translate_data_plane_error
 from src.models.conversation import Message
 from src.models.session import DiscoveryAnswer, ROIInputEntry
+from src.services.event_bus import EventBus, profile_subject, session_subject
 from src.services.extraction_constants import (
     DISCOVERY_QUESTIONS,
     EXTRACTION_SCHEMA,
@@ -61,11 +62,17 @@ class ExtractionResult:
 
 class ProfileExtractionService:
     def __init__(
-        self, openai_client: AsyncOpenAI | None, settings: Settings, supabase: Any
+        self,
+        openai_client: AsyncOpenAI | None,
+        settings: Settings,
+        supabase: Any,
+        *,
+        bus: EventBus,
     ) -> None:
         self._openai = openai_client
         self._settings = settings
         self._supabase = supabase
+        self._bus = bus
 
     # --- orchestration: one run per conversation at a time, newest message wins --------
     async def run_for_message(
@@ -146,6 +153,10 @@ class ProfileExtractionService:
             session_id=session_id, profile_id=profile_id, answers=answers, roi_inputs=roi
         )
         keys = list(changed.get("changed_keys", [])) + list(changed.get("changed_roi_keys", []))
+        if keys:
+            await self._bus.publish(
+                session_subject(session_id) if session_id else profile_subject(profile_id)
+            )
         return ExtractionResult(
             extracted_count=len(keys), confidence=payload.confidence, keys_extracted=keys
         )

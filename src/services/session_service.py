@@ -10,7 +10,11 @@ from uuid import UUID
 from supabase import AsyncClient
 
 from src.core.config import Settings
-from src.core.errors import AnonymousUserCannotClaimError, SessionNotFoundError
+from src.core.errors import (
+    AnonymousUserCannotClaimError,
+    InvalidPhaseTransitionError,
+    SessionNotFoundError,
+)
 from src.core.logging import AUDIT
 from src.core.security import generate_session_token, hash_session_token
 from src.core.supabase import call_rpc
@@ -19,6 +23,7 @@ from src.models.discovery_profile import ClaimOutcome
 from src.models.session import ResolvedSession, Session
 from src.schemas.discovery import SessionUpdate
 from src.services.discovery_profile_service import DiscoveryProfileService
+from src.services.event_bus import EventBus, session_subject
 from src.services.progress import build_progress_patch
 from src.services.rate_limiter import RateLimiter, client_bucket
 
@@ -36,11 +41,13 @@ class SessionService:
         *,
         profiles: DiscoveryProfileService,
         rate_limiter: RateLimiter,
+        bus: EventBus,
     ) -> None:
         self._supabase = supabase
         self._settings = settings
         self._profiles = profiles
         self._rate_limiter = rate_limiter
+        self._bus = bus
 
     @property
     def _lifetime_seconds(self) -> int:
@@ -67,6 +74,7 @@ class SessionService:
         )
         session = cast(Session, row)
         logger.info("session created: session_id=%s", session["id"])
+        await self._bus.publish(session_subject(session["id"]))
         return session, token
 
     async def get_session_by_token(self, *, token: str) -> ResolvedSession | None:
@@ -89,15 +97,33 @@ class SessionService:
     async def update_session(
         self, *, session_id: UUID, update: SessionUpdate, expected_version: int | None = None
     ) -> Session:
-        row = await call_rpc(
-            self._supabase,
-            "update_session_progress",
-            {
-                "p_session_id": str(session_id),
-                "p_patch": build_progress_patch(update),
-                "p_expected_version": expected_version,
-            },
-        )
+        """A checkpoint: merges the patch, bumps version and last_seen_at."""
+        try:
+            row = await call_rpc(
+                self._supabase,
+                "update_session_progress",
+                {
+                    "p_session_id": str(session_id),
+                    "p_patch": build_progress_patch(update),
+                    "p_expected_version": expected_version,
+                },
+            )
+        except InvalidPhaseTransitionError:
+            logger.warning(
+                "phase transition refused: session_id=%s to=%s", session_id, update.phase
+            )
+            raise
+        session = cast(Session, row)
+        if update.phase is not None:
+            logger.info("session phase now %s: session_id=%s", session["phase"], session_id)
+        await self._bus.publish(session_subject(session_id))
+        return session
+
+    async def complete_session(self, *, session_id: UUID) -> Session:
+        """Only from greenlight (409 otherwise); completing twice changes nothing."""
+        row = await call_rpc(self._supabase, "complete_session", {"p_session_id": str(session_id)})
+        logger.info("session completed: session_id=%s", session_id)
+        await self._bus.publish(session_subject(session_id))
         return cast(Session, row)
 
     async def delete_session(self, *, session_id: UUID) -> None:
@@ -107,6 +133,7 @@ class SessionService:
         if not deleted:
             raise SessionNotFoundError()
         logger.info("session deleted: session_id=%s", session_id)
+        await self._bus.publish(session_subject(session_id))
 
     async def claim_session(
         self, *, token: str, user: UserContext, dry_run: bool = False

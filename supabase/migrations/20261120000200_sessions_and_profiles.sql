@@ -85,6 +85,98 @@ create policy conversations_owner_select on autopilot.conversations
 -- sessions: no policy at all; only the service (service_role) reads them.
 
 ------------------------------------------------------------------------------------------
+-- The audit trail, and the source of the live event stream. Append-only. Written only by
+-- the functions that change state, inside their transaction, while they hold the row lock
+-- of the session or profile the event belongs to: so for one subject, ids are handed out
+-- in commit order and a reader resuming after id N never misses an event below it.
+-- No foreign keys: the trail outlives what it describes.
+------------------------------------------------------------------------------------------
+create table autopilot.session_events (
+  id bigserial primary key,
+  session_id uuid,
+  profile_id uuid,
+  event_type text not null check (event_type in (
+    'created', 'updated', 'phase_changed', 'completed', 'claimed', 'extracted', 'deleted',
+    'expired')),
+  actor_type text not null check (actor_type in ('user', 'session', 'system')),
+  actor_id text,
+  payload jsonb not null default '{}'::jsonb check (jsonb_typeof(payload) = 'object'),
+  created_at timestamptz not null default now(),
+  constraint session_events_subject_check check (session_id is not null or profile_id is not null)
+);
+create index session_events_session_idx on autopilot.session_events (session_id, id)
+  where session_id is not null;
+create index session_events_profile_idx on autopilot.session_events (profile_id, id)
+  where profile_id is not null;
+
+create or replace function autopilot_private.refuse_event_change()
+returns trigger
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  raise exception 'session_events is append-only';
+end
+$$;
+
+create trigger session_events_append_only
+  before update or delete on autopilot.session_events
+  for each row execute function autopilot_private.refuse_event_change();
+
+create or replace function autopilot_private.record_event(
+  p_session_id uuid, p_profile_id uuid, p_type text, p_actor_type text, p_actor_id text,
+  p_payload jsonb default '{}'::jsonb
+) returns void
+language sql
+set search_path = pg_catalog, pg_temp
+as $$
+  insert into autopilot.session_events
+    (session_id, profile_id, event_type, actor_type, actor_id, payload)
+  values (p_session_id, p_profile_id, p_type, p_actor_type, p_actor_id,
+          coalesce(p_payload, '{}'::jsonb))
+$$;
+
+-- What a patch touched, for the audit trail (keys only, never answer values).
+create or replace function autopilot_private.patch_summary(p_patch jsonb, p_version integer)
+returns jsonb
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+  select jsonb_build_object(
+    'version', p_version,
+    'fields', coalesce((select jsonb_agg(k order by k) from jsonb_object_keys(p_patch) as k
+                        where k not in ('answers_set', 'answers_remove', 'roi_set', 'roi_remove')),
+                       '[]'::jsonb),
+    'answerKeys', coalesce((select jsonb_agg(k order by k) from (
+        select jsonb_object_keys(coalesce(p_patch -> 'answers_set', '{}'::jsonb)) as k
+        union select jsonb_array_elements_text(coalesce(p_patch -> 'answers_remove', '[]'::jsonb))
+      ) as keys), '[]'::jsonb),
+    'roiKeys', coalesce((select jsonb_agg(k order by k) from (
+        select jsonb_object_keys(coalesce(p_patch -> 'roi_set', '{}'::jsonb)) as k
+        union select jsonb_array_elements_text(coalesce(p_patch -> 'roi_remove', '[]'::jsonb))
+      ) as keys), '[]'::jsonb))
+$$;
+
+-- updated, and phase_changed when the phase moved.
+create or replace function autopilot_private.record_update(
+  p_session_id uuid, p_profile_id uuid, p_actor_type text, p_actor_id text, p_patch jsonb,
+  p_version integer, p_from autopilot.session_phase, p_to autopilot.session_phase
+) returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+  perform autopilot_private.record_event(p_session_id, p_profile_id, 'updated', p_actor_type,
+    p_actor_id, autopilot_private.patch_summary(p_patch, p_version));
+  if p_from is distinct from p_to then
+    perform autopilot_private.record_event(p_session_id, p_profile_id, 'phase_changed',
+      p_actor_type, p_actor_id, jsonb_build_object('from', p_from, 'to', p_to));
+  end if;
+end
+$$;
+
+------------------------------------------------------------------------------------------
 -- Progress: the fields a session and a discovery profile share, and how patches and
 -- merges change them. One definition, used by both tables.
 ------------------------------------------------------------------------------------------
@@ -237,12 +329,18 @@ $$;
 create or replace function autopilot.create_session(
   p_token_hash text, p_lifetime_seconds integer, p_metadata jsonb default '{}'::jsonb
 ) returns autopilot.sessions
-language sql
+language plpgsql
 as $$
+declare
+  s autopilot.sessions;
+begin
   insert into autopilot.sessions (token_hash, expires_at, metadata)
   values (p_token_hash, now() + make_interval(secs => p_lifetime_seconds),
           coalesce(p_metadata, '{}'::jsonb))
-  returning *
+  returning * into s;
+  perform autopilot_private.record_event(s.id, null, 'created', 'session', s.id::text);
+  return s;
+end
 $$;
 
 -- The hot path: find a live session by token hash and slide it. last_seen_at moves at
@@ -286,6 +384,7 @@ as $$
 declare
   s autopilot.sessions;
   next autopilot_private.progress;
+  old_phase autopilot.session_phase;
 begin
   select * into s from autopilot.sessions
    where id = p_session_id and claimed_by_profile_id is null and expires_at > now()
@@ -293,6 +392,7 @@ begin
   if not found then
     perform autopilot_private.fail(404, 'session_not_found', 'No active session.');
   end if;
+  old_phase := s.phase;
   if p_expected_version is not null and s.version <> p_expected_version then
     perform autopilot_private.fail(412, 'precondition_failed',
       'The session changed since you read it.', jsonb_build_object('version', s.version));
@@ -318,6 +418,8 @@ begin
     update autopilot.conversations set phase = s.phase
      where session_id = p_session_id and phase <> s.phase;
   end if;
+  perform autopilot_private.record_update(s.id, null, 'session', s.id::text, p_patch,
+    s.version, old_phase, s.phase);
   return s;
 end
 $$;
@@ -325,14 +427,17 @@ $$;
 -- DELETE /sessions/me: the session and what only it owns (its conversations cascade).
 create or replace function autopilot.delete_session(p_session_id uuid)
 returns boolean
-language sql
+language plpgsql
 as $$
-  with gone as (
-    delete from autopilot.sessions
-     where id = p_session_id and claimed_by_profile_id is null
-    returning 1
-  )
-  select exists (select 1 from gone)
+begin
+  delete from autopilot.sessions where id = p_session_id and claimed_by_profile_id is null;
+  if not found then
+    return false;
+  end if;
+  perform autopilot_private.record_event(p_session_id, null, 'deleted', 'session',
+    p_session_id::text);
+  return true;
+end
 $$;
 
 -- One batch of expired, unclaimed sessions (a function cannot commit between batches;
@@ -348,25 +453,33 @@ as $$
      limit greatest(p_batch_size, 1)
      for update skip locked
   ), gone as (
-    delete from autopilot.sessions s using doomed where s.id = doomed.id returning 1
+    delete from autopilot.sessions s using doomed where s.id = doomed.id returning s.id
+  ), logged as (
+    insert into autopilot.session_events (session_id, event_type, actor_type, actor_id)
+    select id, 'expired', 'system', 'cleanup' from gone
+    returning 1
   )
-  select count(*)::integer from gone
+  select count(*)::integer from logged
 $$;
-
 ------------------------------------------------------------------------------------------
 -- Profiles and discovery profiles
 ------------------------------------------------------------------------------------------
 create or replace function autopilot_private.ensure_profile(p_user_id uuid, p_email text)
 returns void
-language sql
+language plpgsql
 set search_path = pg_catalog, pg_temp
 as $$
+begin
   insert into autopilot.profiles (id, email) values (p_user_id, p_email)
   on conflict (id) do update
     set email = coalesce(excluded.email, autopilot.profiles.email), updated_at = now()
     where autopilot.profiles.email is distinct from coalesce(excluded.email, autopilot.profiles.email);
   insert into autopilot.discovery_profiles (profile_id) values (p_user_id)
   on conflict (profile_id) do nothing;
+  if found then
+    perform autopilot_private.record_event(null, p_user_id, 'created', 'user', p_user_id::text);
+  end if;
+end
 $$;
 
 create or replace function autopilot.get_or_create_discovery_profile(
@@ -396,9 +509,11 @@ as $$
 declare
   dp autopilot.discovery_profiles;
   next autopilot_private.progress;
+  old_phase autopilot.session_phase;
 begin
   perform autopilot_private.ensure_profile(p_user_id, p_email);
   select * into dp from autopilot.discovery_profiles where profile_id = p_user_id for update;
+  old_phase := dp.phase;
   if p_expected_version is not null and dp.version <> p_expected_version then
     perform autopilot_private.fail(412, 'precondition_failed',
       'The discovery profile changed since you read it.', jsonb_build_object('version', dp.version));
@@ -421,6 +536,8 @@ begin
     update autopilot.conversations set phase = dp.phase
      where user_id = p_user_id and phase <> dp.phase;
   end if;
+  perform autopilot_private.record_update(null, p_user_id, 'user', p_user_id::text, p_patch,
+    dp.version, old_phase, dp.phase);
   return dp;
 end
 $$;
@@ -479,8 +596,15 @@ begin
   select * into dp from autopilot.discovery_profiles where profile_id = p_user_id for update;
   if not found then
     -- dry run for a user with no profile yet: merge into an empty one, write nothing
-    dp := row(null, p_user_id, 0, 'discovery', '{}'::jsonb, '{}'::jsonb, '{}'::uuid[], null,
-              0, now(), now())::autopilot.discovery_profiles;
+    dp.profile_id := p_user_id;
+    dp.current_question_index := 0;
+    dp.phase := 'discovery';
+    dp.answers := '{}'::jsonb;
+    dp.roi_inputs := '{}'::jsonb;
+    dp.selected_product_ids := '{}'::uuid[];
+    dp.version := 0;
+    dp.created_at := now();
+    dp.updated_at := now();
   end if;
 
   merged := autopilot_private.merge_progress(
@@ -520,6 +644,8 @@ begin
      set claimed_by_profile_id = p_user_id, claimed_at = now(), updated_at = now(),
          version = version + 1
    where id = s.id;
+  perform autopilot_private.record_event(s.id, p_user_id, 'claimed', 'user', p_user_id::text,
+    jsonb_build_object('conversationsMoved', moved, 'profileVersion', dp.version));
 
   return jsonb_build_object('profile', to_jsonb(dp), 'session_id', s.id,
     'already_claimed', false, 'conversations_moved', moved, 'dry_run', false);

@@ -285,6 +285,10 @@ begin
              updated_at = now()
        where profile_id = p_profile_id returning version into new_version;
     end if;
+    perform autopilot_private.record_event(p_session_id,
+      case when p_session_id is null then p_profile_id end, 'extracted', 'system', 'extraction',
+      jsonb_build_object('keys', to_jsonb(changed), 'roiKeys', to_jsonb(changed_roi),
+                         'version', new_version));
   end if;
   return jsonb_build_object('changed_keys', to_jsonb(changed),
                             'changed_roi_keys', to_jsonb(changed_roi), 'version', new_version);

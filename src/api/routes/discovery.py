@@ -8,6 +8,7 @@ from src.api.deps import (
     CurrentUser,
     DiscoveryProfileServiceDep,
     IfMatchDep,
+    SettingsDep,
     expected_version,
     set_etag,
 )
@@ -50,12 +51,15 @@ async def list_questions(response: Response) -> list[QuestionPublic]:
     responses=error_responses(401, 503),
 )
 async def get_discovery_profile(
-    user: CurrentUser, response: Response, profiles: DiscoveryProfileServiceDep
+    user: CurrentUser,
+    response: Response,
+    profiles: DiscoveryProfileServiceDep,
+    settings: SettingsDep,
 ) -> DiscoveryProfileResponse:
     """Created empty on first read."""
     row = await profiles.get_or_create(user=user)
     set_etag(response, row)
-    return discovery_profile_response(row)
+    return discovery_profile_response(row, recovery_window_days=settings.recovery_window_days)
 
 
 @router.put(
@@ -70,10 +74,29 @@ async def update_discovery_profile(
     response: Response,
     profiles: DiscoveryProfileServiceDep,
     if_match: IfMatchDep,
+    settings: SettingsDep,
 ) -> DiscoveryProfileResponse:
     """Partial update with optional If-Match (stale → 412)."""
     row = await profiles.update(
         user=user, update=update, expected_version=expected_version(if_match)
     )
     set_etag(response, row)
-    return discovery_profile_response(row)
+    return discovery_profile_response(row, recovery_window_days=settings.recovery_window_days)
+
+
+@router.post(
+    "/complete",
+    summary="Complete the signed-in user's discovery profile (from the greenlight phase)",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 409, 503),
+)
+async def complete_discovery_profile(
+    user: CurrentUser,
+    response: Response,
+    profiles: DiscoveryProfileServiceDep,
+    settings: SettingsDep,
+) -> DiscoveryProfileResponse:
+    """Only from greenlight (409 completion_not_allowed otherwise); idempotent."""
+    row = await profiles.complete(user=user)
+    set_etag(response, row)
+    return discovery_profile_response(row, recovery_window_days=settings.recovery_window_days)

@@ -48,12 +48,14 @@ async def create_session(
     if auth.session is not None:
         response.status_code = status.HTTP_200_OK
         set_etag(response, auth.session.session)
-        return SessionResponse.from_row(auth.session.session)
+        return SessionResponse.from_row(
+            auth.session.session, recovery_window_days=settings.recovery_window_days
+        )
     created, token = await sessions.create_session(client_ip=client_ip)
     set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
     request.state.clear_session_cookie = False
     set_etag(response, created)
-    return SessionResponse.from_row(created)
+    return SessionResponse.from_row(created, recovery_window_days=settings.recovery_window_days)
 
 
 @router.get(
@@ -62,12 +64,16 @@ async def create_session(
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 404, 503),
 )
-async def get_my_session(auth: CurrentAuth, response: Response) -> SessionResponse:
+async def get_my_session(
+    auth: CurrentAuth, response: Response, settings: SettingsDep
+) -> SessionResponse:
     """Reads never create: no valid cookie → 404 and no cookie is set."""
     if auth.session is None:
         raise SessionNotFoundError()
     set_etag(response, auth.session.session)
-    return SessionResponse.from_row(auth.session.session)
+    return SessionResponse.from_row(
+        auth.session.session, recovery_window_days=settings.recovery_window_days
+    )
 
 
 @router.put(
@@ -85,6 +91,7 @@ async def update_my_session(
     session: SessionForWrite,
     sessions: SessionServiceDep,
     if_match: IfMatchDep,
+    settings: SettingsDep,
 ) -> SessionResponse:
     """Partial update; creates the session and cookie when there is none. If-Match optional."""
     updated = await sessions.update_session(
@@ -93,7 +100,24 @@ async def update_my_session(
     if session.created:
         response.status_code = status.HTTP_201_CREATED
     set_etag(response, updated)
-    return SessionResponse.from_row(updated)
+    return SessionResponse.from_row(updated, recovery_window_days=settings.recovery_window_days)
+
+
+@router.post(
+    "/me/complete",
+    summary="Complete the caller's session (from the greenlight phase)",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 404, 409, 503),
+)
+async def complete_my_session(
+    auth: CurrentAuth, response: Response, sessions: SessionServiceDep, settings: SettingsDep
+) -> SessionResponse:
+    """Only from greenlight (409 completion_not_allowed otherwise); idempotent."""
+    if auth.session is None:
+        raise SessionNotFoundError()
+    completed = await sessions.complete_session(session_id=auth.session.session_id)
+    set_etag(response, completed)
+    return SessionResponse.from_row(completed, recovery_window_days=settings.recovery_window_days)
 
 
 @router.delete(
@@ -135,4 +159,6 @@ async def claim_session(
     outcome = await sessions.claim_session(token=token, user=user, dry_run=dry_run)
     if not dry_run:
         clear_session_cookie(response, settings)
-    return SessionClaimResponse.from_outcome(outcome)
+    return SessionClaimResponse.from_outcome(
+        outcome, recovery_window_days=settings.recovery_window_days
+    )
