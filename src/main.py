@@ -27,7 +27,7 @@ from src.core.supabase import close_supabase_client, create_supabase_client, ope
 from src.services.discovery_profile_service import DiscoveryProfileService
 from src.services.event_bus import create_event_bus
 from src.services.maintenance import start_session_cleanup, stop_background_task
-from src.services.rate_limiter import InMemoryRateLimiter
+from src.services.rate_limiter import create_rate_limiter
 from src.services.session_service import SessionService
 
 logger = logging.getLogger("src.main")
@@ -55,7 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
             issuer=settings.supabase_jwt_issuer,
             http_client=http,
         ),
-        rate_limiter=InMemoryRateLimiter(),
+        rate_limiter=create_rate_limiter(settings.redis_url),
         bus=create_event_bus(settings.redis_url),
     )
     await state.bus.start()
@@ -75,6 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
     finally:
         await stop_background_task(cleanup_task)
         await state.bus.close()
+        await state.rate_limiter.close()
         await close_supabase_client(supabase)
         await http.aclose()
         if openai is not None:

@@ -4,11 +4,14 @@ instances when REDIS_URL is set (see DESIGN.md, scaling out)."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import time
 from typing import Protocol
 
 from src.core.errors import RateLimitedError
+
+logger = logging.getLogger(__name__)
 
 
 def client_bucket(ip: str) -> str:
@@ -27,6 +30,8 @@ def client_bucket(ip: str) -> str:
 class RateLimiter(Protocol):
     async def hit(self, *, key: str, limit: int, window_seconds: int) -> None:
         """Count one event; raise RateLimitedError (429 + Retry-After) over the limit."""
+
+    async def close(self) -> None: ...
 
 
 class InMemoryRateLimiter:
@@ -50,3 +55,40 @@ class InMemoryRateLimiter:
         if count > limit:
             retry_after = math.ceil((window + 1) * window_seconds - now)
             raise RateLimitedError(retry_after_seconds=retry_after)
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisRateLimiter:
+    """The same fixed windows, counted in Redis so every instance shares them."""
+
+    def __init__(self, redis_url: str) -> None:
+        from redis import asyncio as redis_asyncio
+
+        self._redis = redis_asyncio.from_url(redis_url, socket_connect_timeout=3)
+
+    async def hit(self, *, key: str, limit: int, window_seconds: int) -> None:
+        now = time.time()
+        window = int(now // window_seconds)
+        redis_key = f"autopilot:ratelimit:{window_seconds}:{window}:{key}"
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incr(redis_key)
+                pipe.expire(redis_key, window_seconds + 5)
+                count, _ = await pipe.execute()
+        except Exception as exc:
+            # Fail open: an unreachable Redis must not take the API down with it.
+            logger.warning("rate limit check skipped, Redis unavailable: %s", type(exc).__name__)
+            return
+        if int(count) > limit:
+            raise RateLimitedError(
+                retry_after_seconds=math.ceil((window + 1) * window_seconds - now)
+            )
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def create_rate_limiter(redis_url: str | None) -> RateLimiter:
+    return RedisRateLimiter(redis_url) if redis_url else InMemoryRateLimiter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -393,3 +394,35 @@ class TestHeartbeat:
                     comments += (await anext(messages)).comments
         assert comments[0] == "connected"
         assert comments.count("heartbeat") >= 2
+
+
+@ASYNC
+class TestSharedRateLimit:
+    async def test_session_creation_limit_is_shared_across_instances_through_redis(
+        self, data_plane: LocalDataPlane, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+    ) -> None:
+        log_dir = tmp_path_factory.mktemp("limited")
+        # A unique client IP per run: the Redis counters outlive this test.
+        env = {
+            "REDIS_URL": redis_url,
+            "SESSION_CREATE_LIMIT_PER_HOUR": "3",
+            "TRUSTED_PROXY_IPS": "127.0.0.1",
+        }
+        first = start_service(data_plane, log_dir, **env)
+        second = start_service(data_plane, log_dir, **env)
+        # A documentation-range IPv6 /64 (never contacted: it is only a header value);
+        # each request comes from another host of the same /64, which shares one budget.
+        prefix = f"2001:db8:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
+        try:
+            statuses = []
+            for host, service in enumerate((first, second, first, second), start=1):
+                async with httpx.AsyncClient(base_url=service.base_url) as http:
+                    response = await http.post(
+                        "/api/v1/sessions",
+                        headers={"Origin": SPA_ORIGIN, "X-Forwarded-For": f"{prefix}::{host}"},
+                    )
+                    statuses.append(response.status_code)
+        finally:
+            first.stop()
+            second.stop()
+        assert statuses == [201, 201, 201, 429]
