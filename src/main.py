@@ -18,7 +18,15 @@ from fastapi.staticfiles import StaticFiles
 
 from src.api.error_handlers import install_error_handlers
 from src.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
-from src.api.routes import admin, conversations, discovery, events, health, sessions
+from src.api.routes import (
+    admin,
+    conversations,
+    discovery,
+    events,
+    health,
+    search_sessions,
+    sessions,
+)
 from src.core.config import Settings, get_settings
 from src.core.openai import create_openai_client
 from src.core.security import TokenVerifier
@@ -141,4 +149,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(conversations.router, prefix=f"{API_PREFIX}/conversations")
     app.include_router(events.router, prefix=f"{API_PREFIX}/events")
     app.include_router(admin.router, prefix=f"{API_PREFIX}/admin")
+    app.include_router(search_sessions.router, prefix=f"{API_PREFIX}/search-sessions")
     return app

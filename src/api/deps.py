@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -24,7 +23,7 @@ from src.core.errors import (
 )
 from src.core.security import TokenVerifier
 from src.core.state import AppState
-from src.models.auth import AuthContext, SessionContext, UserContext
+from src.models.auth import AuthContext, Owner, SessionContext, UserContext
 from src.models.conversation import Conversation
 from src.models.session import ResolvedSession
 from src.services.admin_service import AdminService
@@ -36,6 +35,7 @@ from src.services.event_service import EventService
 from src.services.health_service import HealthService
 from src.services.profile_extraction_service import ProfileExtractionService
 from src.services.rate_limiter import RateLimiter
+from src.services.search_session_service import SearchSessionService
 from src.services.session_service import SessionService
 
 __all__ = [
@@ -418,25 +418,36 @@ async def owned_conversation(
 OwnedConversation = Annotated[Conversation, Depends(owned_conversation)]
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationOwner:
-    user_id: UUID | None
-    session_id: UUID | None
-
-
-async def get_conversation_owner(
+async def get_write_owner(
     request: Request,
     response: Response,
     auth: CurrentAuth,
     settings: SettingsDep,
     sessions: SessionServiceDep,
     client_ip: ClientIpDep,
-) -> ConversationOwner:
+) -> Owner:
     """A signed-in user owns what they create; otherwise the session (created if needed)."""
     if auth.user is not None:
-        return ConversationOwner(user_id=auth.user.id, session_id=None)
+        return Owner(user_id=auth.user.id, session_id=None)
     session = await get_or_create_session(auth, response, settings, sessions, client_ip, None)
-    return ConversationOwner(user_id=None, session_id=session.session_id)
+    return Owner(user_id=None, session_id=session.session_id)
 
 
-ConversationOwnerDep = Annotated[ConversationOwner, Depends(get_conversation_owner)]
+WriteOwnerDep = Annotated[Owner, Depends(get_write_owner)]
+
+
+def get_read_owner(auth: CurrentAuth) -> Owner:
+    """The caller as an owner for reads: nothing is created."""
+    if auth.user is not None:
+        return Owner(user_id=auth.user.id, session_id=None)
+    return Owner(user_id=None, session_id=auth.session.session_id if auth.session else None)
+
+
+ReadOwnerDep = Annotated[Owner, Depends(get_read_owner)]
+
+
+def get_search_session_service(supabase: SupabaseDep) -> SearchSessionService:
+    return SearchSessionService(supabase)
+
+
+SearchSessionServiceDep = Annotated[SearchSessionService, Depends(get_search_session_service)]

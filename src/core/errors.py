@@ -178,3 +178,23 @@ class ModelUnavailableError(TemporaryError):
 class CompletionNotAllowedError(ConflictError):
     code = "completion_not_allowed"
     default_message = "Only a session or profile in the greenlight phase can be completed."
+
+
+class SearchSessionNotFoundError(NotFoundError):
+    code = "search_session_not_found"
+    default_message = "No such search session."
+
+
+class BatchExhaustedError(NotFoundError):
+    code = "batch_exhausted"
+    default_message = "Every batch of this search session was handed out."
+
+
+class SessionInactiveError(ConflictError):
+    code = "session_inactive"
+    default_message = "This search session was cleared."
+
+
+class IdsNotDiscoveredError(ValidationFailedError):
+    code = "ids_not_discovered"
+    default_message = "Some ids were never discovered in this search session."

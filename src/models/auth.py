@@ -36,3 +36,15 @@ class AuthContext:
     @property
     def is_empty(self) -> bool:
         return self.user is None and self.session is None
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who owns what a request creates or reads: a user, else a session (else nobody)."""
+
+    user_id: UUID | None
+    session_id: UUID | None
+
+    @property
+    def is_nobody(self) -> bool:
+        return self.user_id is None and self.session_id is None

@@ -542,8 +542,10 @@ begin
 end
 $$;
 
--- Used by the claim and by ConversationService.transfer_to_profile: one definition.
-create or replace function autopilot_private.move_session_conversations(
+-- What a session owns moves to the user on claim (and through
+-- ConversationService.transfer_to_profile): one definition, returns conversations moved.
+-- Later migrations add what else a session owns.
+create or replace function autopilot_private.move_session_belongings(
   p_session_id uuid, p_user_id uuid, p_phase autopilot.session_phase
 ) returns integer
 language plpgsql
@@ -638,7 +640,7 @@ begin
   where profile_id = p_user_id
   returning * into dp;
 
-  moved := autopilot_private.move_session_conversations(s.id, p_user_id, dp.phase);
+  moved := autopilot_private.move_session_belongings(s.id, p_user_id, dp.phase);
 
   update autopilot.sessions
      set claimed_by_profile_id = p_user_id, claimed_at = now(), updated_at = now(),

@@ -89,7 +89,7 @@ begin
       'No session claimed by this user.');
   end if;
   select phase into owner_phase from autopilot.discovery_profiles where profile_id = p_user_id;
-  return autopilot_private.move_session_conversations(p_session_id, p_user_id, owner_phase);
+  return autopilot_private.move_session_belongings(p_session_id, p_user_id, owner_phase);
 end
 $$;
 

@@ -11,11 +11,11 @@ from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, status
 
 from src.api.deps import (
     ChatServiceDep,
-    ConversationOwnerDep,
     ConversationServiceDep,
     CurrentAuth,
     OwnedConversation,
     ProfileExtractionServiceDep,
+    WriteOwnerDep,
 )
 from src.api.sse import DisconnectAwareEventSourceResponse, sse_event
 from src.models.auth import AuthContext
@@ -48,7 +48,7 @@ _SSE_DOC = {
     responses=error_responses(401, 403, 413, 422, 429, 503),
 )
 async def create_conversation(
-    owner: ConversationOwnerDep,
+    owner: WriteOwnerDep,
     conversations: ConversationServiceDep,
     body: ConversationCreate | None = None,
 ) -> ConversationPublic:

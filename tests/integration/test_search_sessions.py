@@ -1,0 +1,275 @@
+"""/api/v1/search-sessions through HTTP; races across two service processes."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from src.core.config import Settings
+from tests.fixtures.factories import SPA_ORIGIN, make_user, start_session
+from tests.fixtures.processes import ServiceProcess
+
+ASYNC = pytest.mark.asyncio(loop_scope="session")
+BASE = "/api/v1/search-sessions"
+COMPANIES = [
+    "Google",
+    "Meta",
+    "Apple",
+    "Amazon",
+    "Microsoft",
+    "OpenAI",
+    "Anthropic",
+    "Cohere",
+    "Hugging Face",
+    "Stability AI",
+]
+
+
+async def create(
+    http: httpx.AsyncClient, companies: list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    body = {
+        "searchQuery": {"role": "engineer", "location": "Berlin"},
+        "companies": companies or COMPANIES,
+        **extra,
+    }
+    response = await http.post(BASE, json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+@ASYNC
+class TestSeedBehaviour:
+    async def test_creation_with_ten_companies_makes_two_batches_of_five(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        created = await create(client, batchSize=5)
+        assert created["totalBatches"] == 2
+        assert created["firstBatch"] == COMPANIES[:5]
+        assert created["batchSize"] == 5
+        assert re.fullmatch(r"search_\d+_[0-9a-f]{8}", created["sessionId"])
+
+    async def test_progressive_loading_to_exhaustion(self, client: httpx.AsyncClient) -> None:
+        created = await create(client, batchSize=3)
+        sid = created["sessionId"]
+        batches = [created["firstBatch"]]
+        while True:
+            response = await client.post(f"{BASE}/{sid}/next-batch")
+            if response.status_code == 404:
+                assert response.json()["error"]["code"] == "batch_exhausted"
+                break
+            body = response.json()
+            assert body["batchIndex"] == len(batches)
+            batches.append(body["batch"])
+        assert batches == [COMPANIES[0:3], COMPANIES[3:6], COMPANIES[6:9], COMPANIES[9:10]]
+
+    async def test_dedup_keeps_first_discovery_order(self, client: httpx.AsyncClient) -> None:
+        sid = (await create(client))["sessionId"]
+        first = (
+            await client.post(f"{BASE}/{sid}/discovered", json={"employeeIds": [1, 2, 3]})
+        ).json()
+        second = (
+            await client.post(f"{BASE}/{sid}/discovered", json={"employeeIds": [3, 4, 5, 4]})
+        ).json()
+        assert first == {"added": 3, "totalDiscovered": 3}
+        assert second == {"added": 2, "totalDiscovered": 5}
+        unfetched = (await client.get(f"{BASE}/{sid}/unfetched", params={"count": 20})).json()
+        assert unfetched == {"ids": [1, 2, 3, 4, 5], "remaining": 5}
+
+
+@ASYNC
+class TestFetchedAndStats:
+    async def test_fetched_ids_leave_unfetched_and_count_cache_hits(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        await client.post(f"{BASE}/{sid}/discovered", json={"employeeIds": [10, 11, 12, 13]})
+        marked = await client.post(
+            f"{BASE}/{sid}/fetched", json={"employeeIds": [11, 10], "cacheHits": 1}
+        )
+        assert marked.json() == {"marked": 2, "profilesFetched": 2}
+        assert (await client.get(f"{BASE}/{sid}/unfetched", params={"count": 1})).json() == {
+            "ids": [12],
+            "remaining": 2,
+        }
+        stats = (await client.get(f"{BASE}/{sid}/stats")).json()
+        assert (stats["totalDiscovered"], stats["profilesFetched"], stats["unfetched"]) == (4, 2, 2)
+        assert (stats["cacheHits"], stats["cacheMisses"], stats["cacheHitRate"]) == (1, 1, 0.5)
+        assert (stats["batchIndex"], stats["totalBatches"], stats["batchesRemaining"]) == (0, 2, 1)
+
+    async def test_ids_never_discovered_are_422_and_nothing_is_marked(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        await client.post(f"{BASE}/{sid}/discovered", json={"employeeIds": [1]})
+        response = await client.post(f"{BASE}/{sid}/fetched", json={"employeeIds": [1, 99]})
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "ids_not_discovered"
+        assert response.json()["error"]["details"]["ids"] == [99]
+        assert (await client.get(f"{BASE}/{sid}/stats")).json()["profilesFetched"] == 0
+
+    async def test_every_call_updates_last_accessed(self, client: httpx.AsyncClient) -> None:
+        sid = (await create(client))["sessionId"]
+        before = (await client.get(f"{BASE}/{sid}/stats")).json()["lastAccessed"]
+        await client.get(f"{BASE}/{sid}/unfetched")
+        after = (await client.get(f"{BASE}/{sid}/stats")).json()["lastAccessed"]
+        assert after > before
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            {"searchQuery": {}, "companies": []},
+            {"searchQuery": {}, "companies": ["a"], "batchSize": 0},
+            {"searchQuery": {}, "companies": ["a"], "batchSize": 101},
+            {"companies": ["a"]},
+            {"searchQuery": {}, "companies": ["  "]},
+        ],
+    )
+    async def test_invalid_creation_is_422(
+        self, client: httpx.AsyncClient, body: dict[str, Any]
+    ) -> None:
+        response = await client.post(BASE, json=body)
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "validation_error"
+
+
+@ASYNC
+class TestOwnershipAndClearing:
+    async def test_another_owners_session_is_404(
+        self, client: httpx.AsyncClient, other_client: httpx.AsyncClient, settings: Settings
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        await start_session(other_client)
+        for call in (
+            other_client.post(f"{BASE}/{sid}/next-batch"),
+            other_client.get(f"{BASE}/{sid}/stats"),
+            other_client.delete(f"{BASE}/{sid}"),
+        ):
+            response = await call
+            assert response.status_code == 404
+            assert response.json()["error"]["code"] == "search_session_not_found"
+        user = make_user(settings)
+        assert (await client.get(f"{BASE}/{sid}/stats", headers=user.headers)).status_code == 404
+
+    async def test_list_is_most_recent_first_with_a_summary(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        older = (await create(client))["sessionId"]
+        newer = (await create(client))["sessionId"]
+        await client.get(f"{BASE}/{older}/stats")
+        listed = (await client.get(BASE)).json()
+        assert [row["sessionId"] for row in listed[:2]] == [older, newer]
+        assert listed[0]["querySummary"] == "role: engineer · location: Berlin"
+
+    async def test_cleared_session_is_inactive_and_out_of_the_list(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        assert (await client.delete(f"{BASE}/{sid}")).status_code == 204
+        response = await client.post(f"{BASE}/{sid}/next-batch")
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "session_inactive"
+        assert sid not in [row["sessionId"] for row in (await client.get(BASE)).json()]
+
+    async def test_clear_all_returns_the_count(self, client: httpx.AsyncClient) -> None:
+        await create(client)
+        await create(client)
+        assert (await client.delete(BASE)).json() == {"cleared": 2}
+        assert (await client.get(BASE)).json() == []
+
+    async def test_reads_without_identity_create_nothing(self, client: httpx.AsyncClient) -> None:
+        response = await client.get(BASE)
+        assert response.json() == []
+        assert "set-cookie" not in response.headers
+
+    async def test_search_sessions_move_to_the_user_on_claim(
+        self, client: httpx.AsyncClient, settings: Settings
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        user = make_user(settings)
+        assert (
+            await client.post("/api/v1/sessions/claim", headers=user.headers)
+        ).status_code == 200
+        client.cookies.clear()
+        mine = await client.get(f"{BASE}/{sid}/stats", headers=user.headers)
+        assert mine.status_code == 200
+
+    async def test_deleting_the_session_deletes_its_search_sessions(
+        self, client: httpx.AsyncClient, rest: httpx.AsyncClient
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        await client.delete("/api/v1/sessions/me")
+        assert (await rest.get("/search_sessions", params={"id": f"eq.{sid}"})).json() == []
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pair(
+    two_services: tuple[ServiceProcess, ServiceProcess],
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    first, second = two_services
+    async with (
+        httpx.AsyncClient(base_url=first.base_url, headers={"Origin": SPA_ORIGIN}, timeout=30) as a,
+        httpx.AsyncClient(
+            base_url=second.base_url, headers={"Origin": SPA_ORIGIN}, timeout=30
+        ) as b,
+    ):
+        yield a, b
+
+
+@ASYNC
+class TestConcurrencyAcrossTwoProcesses:
+    async def test_20_concurrent_next_batch_calls_hand_out_each_batch_once(
+        self, pair: tuple[httpx.AsyncClient, httpx.AsyncClient]
+    ) -> None:
+        a, b = pair
+        companies = [f"company-{i}" for i in range(50)]
+        created = (
+            await a.post(
+                BASE, json={"searchQuery": {"q": 1}, "companies": companies, "batchSize": 5}
+            )
+        ).json()
+        assert created["totalBatches"] == 10
+        cookie = {"Cookie": f"autopilot_session={a.cookies['autopilot_session']}"}
+        results = await asyncio.gather(
+            *(
+                (a if i % 2 else b).post(
+                    f"{BASE}/{created['sessionId']}/next-batch", headers=cookie
+                )
+                for i in range(20)
+            )
+        )
+        handed = sorted(r.json()["batchIndex"] for r in results if r.status_code == 200)
+        exhausted = [r for r in results if r.status_code == 404]
+        assert handed == list(range(1, 10))
+        assert len(exhausted) == 11
+        assert all(r.json()["error"]["code"] == "batch_exhausted" for r in exhausted)
+
+    async def test_20_concurrent_discovered_calls_keep_every_id_once(
+        self, pair: tuple[httpx.AsyncClient, httpx.AsyncClient]
+    ) -> None:
+        a, b = pair
+        a.cookies.clear()
+        sid = (await a.post(BASE, json={"searchQuery": {}, "companies": ["x"]})).json()["sessionId"]
+        cookie = {"Cookie": f"autopilot_session={a.cookies['autopilot_session']}"}
+        batches = [list(range(i * 10, i * 10 + 30)) for i in range(20)]  # heavy overlap
+        results = await asyncio.gather(
+            *(
+                (a if i % 2 else b).post(
+                    f"{BASE}/{sid}/discovered", headers=cookie, json={"employeeIds": ids}
+                )
+                for i, ids in enumerate(batches)
+            )
+        )
+        assert all(r.status_code == 200 for r in results)
+        assert sum(r.json()["added"] for r in results) == 220
+        everything = (
+            await a.get(f"{BASE}/{sid}/unfetched", params={"count": 1000}, headers=cookie)
+        ).json()["ids"]
+        assert sorted(everything) == list(range(220))
+        assert len(everything) == len(set(everything))
