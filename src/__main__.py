@@ -19,6 +19,7 @@ def _serve(_: argparse.Namespace) -> int:
         factory=True,
         host=settings.host,
         port=settings.port,
+        workers=settings.workers,
         log_level=settings.log_level.lower(),
         proxy_headers=False,
         access_log=False,

@@ -1,6 +1,9 @@
 """Dependencies: thin readers of the lifespan state, identity resolution, cookie helpers,
 and the service providers. Routes use the `Annotated` aliases defined here, never an
 inline `Depends()`.
+
+Every dependency is `async def`, even when it does not await: FastAPI runs a plain
+`def` dependency in the thread pool, which costs more than the work itself.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ SESSION_COOKIE_CONFIG: dict[str, Any] = {"httponly": True, "path": "/"}
 
 
 # --- lifespan state -----------------------------------------------------------------------
-def get_app_state(request: Request) -> AppState:
+async def get_app_state(request: Request) -> AppState:
     state: AppState = request.state.app_state
     return state
 
@@ -65,28 +68,28 @@ def get_app_state(request: Request) -> AppState:
 AppStateDep = Annotated[AppState, Depends(get_app_state)]
 
 
-def get_settings_dep(state: AppStateDep) -> Settings:
+async def get_settings_dep(state: AppStateDep) -> Settings:
     return state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def get_supabase(state: AppStateDep) -> AsyncClient:
+async def get_supabase(state: AppStateDep) -> AsyncClient:
     return state.supabase
 
 
 SupabaseDep = Annotated[AsyncClient, Depends(get_supabase)]
 
 
-def get_token_verifier(state: AppStateDep) -> TokenVerifier:
+async def get_token_verifier(state: AppStateDep) -> TokenVerifier:
     return state.token_verifier
 
 
 TokenVerifierDep = Annotated[TokenVerifier, Depends(get_token_verifier)]
 
 
-def get_rate_limiter(state: AppStateDep) -> RateLimiter:
+async def get_rate_limiter(state: AppStateDep) -> RateLimiter:
     return state.rate_limiter
 
 
@@ -94,14 +97,14 @@ RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 
 
 # --- services -----------------------------------------------------------------------------
-def get_health_service(supabase: SupabaseDep) -> HealthService:
+async def get_health_service(supabase: SupabaseDep) -> HealthService:
     return HealthService(supabase)
 
 
 HealthServiceDep = Annotated[HealthService, Depends(get_health_service)]
 
 
-def get_discovery_profile_service(
+async def get_discovery_profile_service(
     supabase: SupabaseDep, state: AppStateDep
 ) -> DiscoveryProfileService:
     return DiscoveryProfileService(supabase, bus=state.bus)
@@ -112,7 +115,7 @@ DiscoveryProfileServiceDep = Annotated[
 ]
 
 
-def get_session_service(
+async def get_session_service(
     supabase: SupabaseDep,
     settings: SettingsDep,
     profiles: DiscoveryProfileServiceDep,
@@ -127,14 +130,14 @@ def get_session_service(
 SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
 
 
-def get_conversation_service(supabase: SupabaseDep) -> ConversationService:
+async def get_conversation_service(supabase: SupabaseDep) -> ConversationService:
     return ConversationService(supabase)
 
 
 ConversationServiceDep = Annotated[ConversationService, Depends(get_conversation_service)]
 
 
-def get_agent_service(
+async def get_agent_service(
     state: AppStateDep, sessions: SessionServiceDep, profiles: DiscoveryProfileServiceDep
 ) -> AgentService:
     return AgentService(state.openai, state.settings, sessions=sessions, profiles=profiles)
@@ -143,7 +146,7 @@ def get_agent_service(
 AgentServiceDep = Annotated[AgentService, Depends(get_agent_service)]
 
 
-def get_profile_extraction_service(state: AppStateDep) -> ProfileExtractionService:
+async def get_profile_extraction_service(state: AppStateDep) -> ProfileExtractionService:
     return ProfileExtractionService(state.openai, state.settings, state.supabase, bus=state.bus)
 
 
@@ -152,7 +155,7 @@ ProfileExtractionServiceDep = Annotated[
 ]
 
 
-def get_chat_service(
+async def get_chat_service(
     state: AppStateDep,
     conversations: ConversationServiceDep,
     agent: AgentServiceDep,
@@ -170,14 +173,14 @@ def get_chat_service(
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 
 
-def get_event_service(state: AppStateDep) -> EventService:
+async def get_event_service(state: AppStateDep) -> EventService:
     return EventService(state.supabase, state.settings, bus=state.bus)
 
 
 EventServiceDep = Annotated[EventService, Depends(get_event_service)]
 
 
-def get_admin_service(state: AppStateDep) -> AdminService:
+async def get_admin_service(state: AppStateDep) -> AdminService:
     return AdminService(state.supabase, state.settings)
 
 
@@ -193,7 +196,7 @@ def _is_trusted_proxy(host: str, settings: Settings) -> bool:
     return any(address in network for network in settings.trusted_proxy_networks)
 
 
-def get_client_ip(request: Request, settings: SettingsDep) -> str:
+async def get_client_ip(request: Request, settings: SettingsDep) -> str:
     """The peer address; forwarding headers count only when the peer is a trusted proxy."""
     peer = request.client.host if request.client else "unknown"
     if not settings.trusted_proxy_networks or not _is_trusted_proxy(peer, settings):
@@ -348,7 +351,7 @@ def etag_for(version: int) -> str:
     return f'"v{version}"'
 
 
-def get_if_match(
+async def get_if_match(
     if_match: Annotated[
         str | None,
         Header(description='Optional: the ETag you read ("v<version>"); stale → 412.'),
@@ -436,7 +439,7 @@ async def get_write_owner(
 WriteOwnerDep = Annotated[Owner, Depends(get_write_owner)]
 
 
-def get_read_owner(auth: CurrentAuth) -> Owner:
+async def get_read_owner(auth: CurrentAuth) -> Owner:
     """The caller as an owner for reads: nothing is created."""
     if auth.user is not None:
         return Owner(user_id=auth.user.id, session_id=None)
@@ -446,7 +449,7 @@ def get_read_owner(auth: CurrentAuth) -> Owner:
 ReadOwnerDep = Annotated[Owner, Depends(get_read_owner)]
 
 
-def get_search_session_service(supabase: SupabaseDep) -> SearchSessionService:
+async def get_search_session_service(supabase: SupabaseDep) -> SearchSessionService:
     return SearchSessionService(supabase)
 
 

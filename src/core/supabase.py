@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions
 from yarl import URL
@@ -80,10 +81,11 @@ def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> A
     an outage becomes a 503 the caller can retry.
     """
     timeout = httpx.Timeout(settings.data_plane_timeout_seconds, connect=3.0)
-    http_client = httpx.AsyncClient(
+    # httpx's own transport was the bottleneck on the hot path; the aiohttp-backed one
+    # keeps the httpx API (and maps errors to httpx's) at several times the throughput.
+    http_client = HttpxAiohttpClient(
         timeout=timeout,
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
-        http2=False,
     )
     options = AsyncClientOptions(
         schema=settings.db_schema,

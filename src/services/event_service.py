@@ -49,9 +49,14 @@ class EventSubject:
 
 @dataclass(frozen=True)
 class StreamFrame:
-    """One thing to write to the stream: an event, or a heartbeat (event is None)."""
+    """One thing to write to the stream.
 
-    event: dict[str, Any] | None
+    `ready` comes first, once the stream is subscribed and knows where it starts: from
+    then on nothing written is missed. Then events, and heartbeats between them.
+    """
+
+    kind: Literal["ready", "event", "heartbeat"]
+    event: dict[str, Any] | None = None
 
 
 def public_event(row: dict[str, Any]) -> dict[str, Any]:
@@ -140,6 +145,7 @@ class EventService:
                 last_event_id if last_event_id is not None else await self.latest_event_id(subject)
             )
             sent_floor = cursor
+            yield StreamFrame("ready")
             while True:
                 for row in await self._fetch(subject, cursor):
                     event_id = int(row["id"])
@@ -147,13 +153,13 @@ class EventService:
                         continue
                     sent[event_id] = time.monotonic()
                     cursor = max(cursor, event_id)
-                    yield StreamFrame(public_event(row))
+                    yield StreamFrame("event", public_event(row))
                 self._forget_old(sent)
                 try:
                     await asyncio.wait_for(woken.wait(), timeout=heartbeat)
                     woken.clear()
                 except TimeoutError:
-                    yield StreamFrame(None)
+                    yield StreamFrame("heartbeat")
 
     @staticmethod
     def _forget_old(sent: dict[int, float]) -> None:

@@ -310,7 +310,8 @@ class TestLiveEventsAcrossInstances:
         async with b.stream("GET", "/api/v1/events", headers=cookie) as stream:
             messages = sse_messages(stream)
             await anext(messages)
-            await a.put("/api/v1/sessions/me", headers=cookie, json={"timeframe": "first"})
+            put = await a.put("/api/v1/sessions/me", headers=cookie, json={"timeframe": "first"})
+            assert put.status_code == 200, put.text
             (first,) = await collect(messages, events=1)
         for index in range(5):
             await a.put("/api/v1/sessions/me", headers=cookie, json={"timeframe": f"t{index}"})

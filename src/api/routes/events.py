@@ -65,12 +65,13 @@ async def stream_events(
     first_frames = events.frames(subject=subject, last_event_id=last_event_id)
 
     async def body() -> AsyncIterator[bytes]:
-        yield format_sse_event(comment="connected", retry=settings.events_retry_ms)
         try:
             async for frame in first_frames:
-                if frame.event is None:
+                if frame.kind == "ready":
+                    yield format_sse_event(comment="connected", retry=settings.events_retry_ms)
+                elif frame.kind == "heartbeat":
                     yield sse_comment("heartbeat")
-                else:
+                elif frame.event is not None:
                     yield sse_event(
                         frame.event["type"], frame.event, event_id=str(frame.event["id"])
                     )
