@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -57,7 +58,14 @@ async def running_app(settings: Settings) -> AsyncIterator[FastAPI]:
     """The app with its lifespan run (startup and shutdown), as a server would."""
     application = create_app(settings)
     async with LifespanManager(application) as manager:
-        yield manager.app  # type: ignore[misc]
+        # asgi-lifespan hands every request the same state dict; uvicorn gives each
+        # request its own copy. Do as uvicorn does, so per-request state cannot leak.
+        lifespan_state = manager._state
+
+        async def per_request_state(scope: Any, receive: Any, send: Any) -> None:
+            await application({**scope, "state": dict(lifespan_state)}, receive, send)
+
+        yield per_request_state  # type: ignore[misc]
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -24,6 +24,7 @@ from src.core.errors import (
     PreconditionFailedError,
     UnauthorizedError,
 )
+from src.core.request_context import clear_cookie_var
 from src.core.security import TokenVerifier
 from src.core.state import AppState
 from src.models.auth import AuthContext, Owner, SessionContext, UserContext
@@ -245,10 +246,10 @@ def clear_session_cookie(response: Response, settings: Settings) -> None:
     )
 
 
-def _clear_cookie_everywhere(request: Request, response: Response, settings: Settings) -> None:
+def _clear_cookie_everywhere(response: Response, settings: Settings) -> None:
     # Also on error responses: the error handler reads this flag.
     clear_session_cookie(response, settings)
-    request.state.clear_session_cookie = True
+    clear_cookie_var.set(True)
 
 
 # --- CSRF ---------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ async def get_current_user_or_session(
     if cookie is not None:
         resolved = await sessions.get_session_by_token(token=cookie)
         if resolved is None:
-            _clear_cookie_everywhere(request, response, settings)
+            _clear_cookie_everywhere(response, settings)
         else:
             session_context = SessionContext(
                 session_id=UUID(resolved["id"]), session_token=cookie, session=resolved

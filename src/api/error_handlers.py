@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from src.core.errors import AppError, ErrorCategory, InternalError, error_envelope
-from src.core.request_context import request_id_var
+from src.core.request_context import clear_cookie_var, request_id_var
 from src.core.supabase import data_plane_error, is_transient
 
 logger = logging.getLogger("src.errors")
@@ -34,7 +34,7 @@ def render(error: AppError) -> JSONResponse:
 
 def _with_cookie_clearing(request: Request, response: JSONResponse) -> JSONResponse:
     # Identity resolution found a dead session cookie: clear it on error responses too.
-    if getattr(request.state, "clear_session_cookie", False):
+    if clear_cookie_var.get():
         from src.api.deps import clear_session_cookie
 
         clear_session_cookie(response, request.state.app_state.settings)

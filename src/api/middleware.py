@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from src.api.error_handlers import unhandled_error_response
-from src.core.request_context import request_id_var
+from src.core.request_context import clear_cookie_var, request_id_var
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 access_logger = logging.getLogger("src.access")
@@ -40,7 +40,7 @@ class RequestIdMiddleware:
                 break
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
-        scope.setdefault("state", {})["request_id"] = request_id
+        cookie_token = clear_cookie_var.set(False)
         header = (b"x-request-id", request_id.encode("latin-1"))
 
         response_started = False
@@ -75,6 +75,7 @@ class RequestIdMiddleware:
                     )
                 )
             request_id_var.reset(token)
+            clear_cookie_var.reset(cookie_token)
 
 
 class BodySizeLimitMiddleware:
@@ -93,20 +94,19 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
+        declared_too_large = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 try:
-                    declared = int(value)
+                    declared_too_large = int(value) > limit
                 except ValueError:
-                    declared = 0
-                if declared > limit:
-                    scope.setdefault("state", {})["body_too_large"] = True
+                    declared_too_large = False
                 break
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received
-            if scope.get("state", {}).get("body_too_large"):
+            if declared_too_large:
                 raise StarletteHTTPException(status_code=413)
             message = await receive()
             if message["type"] == "http.request":

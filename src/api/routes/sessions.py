@@ -21,6 +21,7 @@ from src.api.deps import (
     set_session_cookie,
 )
 from src.core.errors import SessionNotFoundError
+from src.core.request_context import clear_cookie_var
 from src.schemas.common import error_responses
 from src.schemas.session import SessionClaimResponse, SessionResponse, SessionUpdate
 
@@ -53,7 +54,7 @@ async def create_session(
         )
     created, token = await sessions.create_session(client_ip=client_ip)
     set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
-    request.state.clear_session_cookie = False
+    clear_cookie_var.set(False)
     set_etag(response, created)
     return SessionResponse.from_row(created, recovery_window_days=settings.recovery_window_days)
 
