@@ -21,6 +21,12 @@ run: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## Benchmark the service against its data plane (installs wrk and matplotlib); see bench/run.py.
+bench: install
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk) >/dev/null
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench.run
+
 lint: install
 	$(VENV)/bin/ruff check src tests alembic
 	$(VENV)/bin/ruff format --check src tests alembic

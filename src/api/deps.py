@@ -105,10 +105,24 @@ async def get_health_service(supabase: SupabaseDep) -> HealthService:
 HealthServiceDep = Annotated[HealthService, Depends(get_health_service)]
 
 
-async def get_discovery_profile_service(
-    supabase: SupabaseDep, state: AppStateDep
-) -> DiscoveryProfileService:
-    return DiscoveryProfileService(supabase, bus=state.bus)
+# Service construction reads the lifespan state directly: every dependency node costs
+# FastAPI tens of microseconds per request, and these sit on the hot path.
+def discovery_profile_service(state: AppState) -> DiscoveryProfileService:
+    return DiscoveryProfileService(state.supabase, bus=state.bus)
+
+
+def session_service(state: AppState) -> SessionService:
+    return SessionService(
+        state.supabase,
+        state.settings,
+        profiles=discovery_profile_service(state),
+        rate_limiter=state.rate_limiter,
+        bus=state.bus,
+    )
+
+
+async def get_discovery_profile_service(state: AppStateDep) -> DiscoveryProfileService:
+    return discovery_profile_service(state)
 
 
 DiscoveryProfileServiceDep = Annotated[
@@ -116,16 +130,8 @@ DiscoveryProfileServiceDep = Annotated[
 ]
 
 
-async def get_session_service(
-    supabase: SupabaseDep,
-    settings: SettingsDep,
-    profiles: DiscoveryProfileServiceDep,
-    rate_limiter: RateLimiterDep,
-    state: AppStateDep,
-) -> SessionService:
-    return SessionService(
-        supabase, settings, profiles=profiles, rate_limiter=rate_limiter, bus=state.bus
-    )
+async def get_session_service(state: AppStateDep) -> SessionService:
+    return session_service(state)
 
 
 SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
@@ -308,18 +314,14 @@ async def get_current_admin(user: CurrentUser) -> UserContext:
 CurrentAdmin = Annotated[UserContext, Depends(get_current_admin)]
 
 
-async def get_current_user_or_session(
-    request: Request,
-    response: Response,
-    settings: SettingsDep,
-    verifier: TokenVerifierDep,
-    sessions: SessionServiceDep,
-) -> AuthContext:
+async def get_current_user_or_session(request: Request, response: Response) -> AuthContext:
     """Bearer (invalid → 401, no fallback), else a valid session cookie, else nothing.
 
     An unknown, expired or claimed cookie is treated as absent and cleared. Reads never
-    create anything.
+    create anything. (Reads the lifespan state itself: this runs on every request.)
     """
+    state: AppState = request.state.app_state
+    settings, verifier = state.settings, state.token_verifier
     token = _bearer_token(request)
     if token is not None:
         # A signed-in caller is the user alone; the cookie only matters to the claim.
@@ -330,7 +332,7 @@ async def get_current_user_or_session(
     session_context: SessionContext | None = None
     cookie = get_session_cookie(request, settings)
     if cookie is not None:
-        resolved = await sessions.get_session_by_token(token=cookie)
+        resolved = await session_service(state).get_session_by_token(token=cookie)
         if resolved is None:
             _clear_cookie_everywhere(response, settings)
         else:
@@ -345,6 +347,21 @@ async def get_current_user_or_session(
 
 
 CurrentAuth = Annotated[AuthContext, Depends(get_current_user_or_session)]
+
+
+async def get_session_cookie_for_write(request: Request) -> str | None:
+    """The raw cookie of a cookie-authenticated write, unresolved (the write resolves it
+    in the same round trip). CSRF-checked; a bearer caller has no session cookie here."""
+    state: AppState = request.state.app_state
+    token = _bearer_token(request)
+    if token is not None:
+        await _verify_user(token, state.token_verifier)
+        return None
+    check_csrf_origin(request, state.settings)
+    return get_session_cookie(request, state.settings)
+
+
+SessionCookieForWrite = Annotated[str | None, Depends(get_session_cookie_for_write)]
 
 
 # --- conditional requests -----------------------------------------------------------------
@@ -382,31 +399,22 @@ def set_etag(response: Response, row: Mapping[str, Any]) -> None:
     response.headers["ETag"] = etag_for(int(row["version"]))
 
 
-async def get_or_create_session(
-    auth: CurrentAuth,
+async def _get_or_create_session(
+    auth: AuthContext,
     response: Response,
-    settings: SettingsDep,
-    sessions: SessionServiceDep,
-    client_ip: ClientIpDep,
-    if_match: IfMatchDep,
+    settings: Settings,
+    sessions: SessionService,
+    client_ip: str,
 ) -> SessionContext:
-    """The caller's session; a write with none creates it (rate-limited) and sets the cookie.
-
-    An If-Match cannot hold for a session that does not exist yet: 412, nothing created.
-    """
+    """The caller's session; a write with none creates it (rate-limited) and sets the cookie."""
     if auth.session is not None:
         return auth.session
-    if if_match is not None:
-        raise PreconditionFailedError("There is no session for If-Match to match.")
     created, token = await sessions.create_session(client_ip=client_ip)
     set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
     resolved: ResolvedSession = {**created, "expiry_extended": False}
     return SessionContext(
         session_id=UUID(created["id"]), session_token=token, session=resolved, created=True
     )
-
-
-SessionForWrite = Annotated[SessionContext, Depends(get_or_create_session)]
 
 
 # --- ownership ----------------------------------------------------------------------------
@@ -433,7 +441,7 @@ async def get_write_owner(
     """A signed-in user owns what they create; otherwise the session (created if needed)."""
     if auth.user is not None:
         return Owner(user_id=auth.user.id, session_id=None)
-    session = await get_or_create_session(auth, response, settings, sessions, client_ip, None)
+    session = await _get_or_create_session(auth, response, settings, sessions, client_ip)
     return Owner(user_id=None, session_id=session.session_id)
 
 

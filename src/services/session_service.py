@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any, cast
 from uuid import UUID
 
@@ -13,6 +14,7 @@ from src.core.config import Settings
 from src.core.errors import (
     AnonymousUserCannotClaimError,
     InvalidPhaseTransitionError,
+    PreconditionFailedError,
     SessionNotFoundError,
 )
 from src.core.logging import AUDIT
@@ -31,6 +33,19 @@ logger = logging.getLogger(__name__)
 
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_\-]{64}$")
 SESSION_CREATE_WINDOW_SECONDS = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressWrite:
+    """A PUT's outcome: the session, and what the cookie needs."""
+
+    session: ResolvedSession
+    new_token: str | None
+    dead_cookie: bool
+
+    @property
+    def created(self) -> bool:
+        return self.new_token is not None
 
 
 class SessionService:
@@ -98,26 +113,71 @@ class SessionService:
         self, *, session_id: UUID, update: SessionUpdate, expected_version: int | None = None
     ) -> Session:
         """A checkpoint: merges the patch, bumps version and last_seen_at."""
+        row = await self._apply_update(
+            "update_session_progress",
+            {"p_session_id": str(session_id)},
+            update=update,
+            expected_version=expected_version,
+        )
+        return cast(Session, row)
+
+    async def write_progress(
+        self,
+        *,
+        token: str | None,
+        client_ip: str,
+        update: SessionUpdate,
+        expected_version: int | None = None,
+        require_existing: bool = False,
+    ) -> ProgressWrite:
+        """PUT /sessions/me: one round trip for a live cookie; otherwise a new session
+        (rate-limited) takes the update. An If-Match cannot hold for a new session."""
+        if token is not None and _TOKEN_SHAPE.match(token):
+            row = await self._apply_update(
+                "update_session_by_token",
+                {
+                    "p_token_hash": hash_session_token(token),
+                    "p_lifetime_seconds": self._lifetime_seconds,
+                },
+                update=update,
+                expected_version=expected_version,
+            )
+            if row is not None:
+                return ProgressWrite(cast(ResolvedSession, row), new_token=None, dead_cookie=False)
+        if require_existing:
+            raise PreconditionFailedError("There is no session for If-Match to match.")
+        created, new_token = await self.create_session(client_ip=client_ip)
+        updated = await self.update_session(session_id=UUID(created["id"]), update=update)
+        resolved: ResolvedSession = {**updated, "expiry_extended": False}
+        return ProgressWrite(resolved, new_token=new_token, dead_cookie=token is not None)
+
+    async def _apply_update(
+        self,
+        function: str,
+        target: dict[str, Any],
+        *,
+        update: SessionUpdate,
+        expected_version: int | None,
+    ) -> Any:
         try:
             row = await call_rpc(
                 self._supabase,
-                "update_session_progress",
+                function,
                 {
-                    "p_session_id": str(session_id),
+                    **target,
                     "p_patch": build_progress_patch(update),
                     "p_expected_version": expected_version,
                 },
             )
         except InvalidPhaseTransitionError:
-            logger.warning(
-                "phase transition refused: session_id=%s to=%s", session_id, update.phase
-            )
+            logger.warning("phase transition refused: to=%s", update.phase)
             raise
-        session = cast(Session, row)
+        if row is None:
+            return None
         if update.phase is not None:
-            logger.info("session phase now %s: session_id=%s", session["phase"], session_id)
-        await self._bus.publish(session_subject(session_id))
-        return session
+            logger.info("session phase now %s: session_id=%s", row["phase"], row["id"])
+        await self._bus.publish(session_subject(row["id"]))
+        return row
 
     async def complete_session(self, *, session_id: UUID) -> Session:
         """Only from greenlight (409 otherwise); completing twice changes nothing."""

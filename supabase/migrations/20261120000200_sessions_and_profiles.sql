@@ -424,6 +424,36 @@ begin
 end
 $$;
 
+-- The PUT hot path in one round trip: resolve the cookie's live session, apply the patch
+-- (as above), and slide the expiry, flagged so the cookie is re-issued. Null when the
+-- token names no live session.
+create or replace function autopilot.update_session_by_token(
+  p_token_hash text, p_lifetime_seconds integer, p_patch jsonb,
+  p_expected_version integer default null
+) returns jsonb
+language plpgsql
+as $$
+declare
+  sid uuid;
+  s autopilot.sessions;
+  lifetime interval := make_interval(secs => p_lifetime_seconds);
+  extend boolean;
+begin
+  select id into sid from autopilot.sessions
+   where token_hash = p_token_hash and claimed_by_profile_id is null and expires_at > now();
+  if not found then
+    return null;
+  end if;
+  s := autopilot.update_session_progress(sid, p_patch, p_expected_version);
+  extend := s.expires_at < now() + lifetime - interval '1 day';
+  if extend then
+    update autopilot.sessions set expires_at = now() + lifetime where id = sid
+    returning * into s;
+  end if;
+  return to_jsonb(s) || jsonb_build_object('expiry_extended', extend);
+end
+$$;
+
 -- DELETE /sessions/me: the session and what only it owns (its conversations cascade).
 create or replace function autopilot.delete_session(p_session_id uuid)
 returns boolean

@@ -11,7 +11,7 @@ from src.api.deps import (
     CurrentAuth,
     CurrentUser,
     IfMatchDep,
-    SessionForWrite,
+    SessionCookieForWrite,
     SessionServiceDep,
     SettingsDep,
     clear_session_cookie,
@@ -89,19 +89,32 @@ async def get_my_session(
 async def update_my_session(
     update: SessionUpdate,
     response: Response,
-    session: SessionForWrite,
+    cookie: SessionCookieForWrite,
     sessions: SessionServiceDep,
-    if_match: IfMatchDep,
     settings: SettingsDep,
+    client_ip: ClientIpDep,
+    if_match: IfMatchDep,
 ) -> SessionResponse:
     """Partial update; creates the session and cookie when there is none. If-Match optional."""
-    updated = await sessions.update_session(
-        session_id=session.session_id, update=update, expected_version=expected_version(if_match)
+    written = await sessions.write_progress(
+        token=cookie,
+        client_ip=client_ip,
+        update=update,
+        expected_version=expected_version(if_match),
+        require_existing=if_match is not None,
     )
-    if session.created:
+    row = written.session
+    if written.dead_cookie:
+        clear_session_cookie(response, settings)
+    if written.new_token is not None:
         response.status_code = status.HTTP_201_CREATED
-    set_etag(response, updated)
-    return SessionResponse.from_row(updated, recovery_window_days=settings.recovery_window_days)
+        set_session_cookie(
+            response, settings, token=written.new_token, expires_at=row["expires_at"]
+        )
+    elif row["expiry_extended"] and cookie is not None:
+        set_session_cookie(response, settings, token=cookie, expires_at=row["expires_at"])
+    set_etag(response, row)
+    return SessionResponse.from_row(row, recovery_window_days=settings.recovery_window_days)
 
 
 @router.post(
