@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench check-reliability clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ bench: install
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk) >/dev/null
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench.run
+
+## The long reliability runs: schemathesis with 200 examples per operation.
+check-reliability: install
+	FUZZ_EXAMPLES=200 $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests alembic

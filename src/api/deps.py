@@ -21,7 +21,6 @@ from src.core.config import Settings
 from src.core.errors import (
     CsrfOriginRejectedError,
     ForbiddenError,
-    PreconditionFailedError,
     UnauthorizedError,
 )
 from src.core.request_context import clear_cookie_var
@@ -55,6 +54,7 @@ __all__ = [
 ]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNMATCHABLE_VERSION = -1
 
 # The attributes that never change; name, Secure and SameSite come from Settings.
 SESSION_COOKIE_CONFIG: dict[str, Any] = {"httponly": True, "path": "/"}
@@ -372,7 +372,10 @@ def etag_for(version: int) -> str:
 async def get_if_match(
     if_match: Annotated[
         str | None,
-        Header(description='Optional: the ETag you read ("v<version>"); stale → 412.'),
+        Header(
+            description='Optional: the ETag you read ("v<version>"), or *; stale → 412.',
+            pattern=r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$',
+        ),
     ] = None,
 ) -> int | Literal["*"] | None:
     """The version the client expects, '*' for any, or None when not given."""
@@ -385,7 +388,8 @@ async def get_if_match(
         tag = candidate.removeprefix("W/")
         if tag.startswith('"v') and tag.endswith('"') and tag[2:-1].isdigit():
             return int(tag[2:-1])
-    raise PreconditionFailedError("If-Match does not name a version this resource ever had.")
+    # A tag this resource never had: the write fails with 412 once the body is validated.
+    return UNMATCHABLE_VERSION
 
 
 IfMatchDep = Annotated[int | Literal["*"] | None, Depends(get_if_match)]

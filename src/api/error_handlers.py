@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from src.core.errors import AppError, ErrorCategory, InternalError, error_envelope
 from src.core.request_context import clear_cookie_var, request_id_var
@@ -48,14 +49,30 @@ async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     return _with_cookie_clearing(request, render(exc))
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method the path supports (Starlette names only the first matching route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's "could not parse the body" (not JSON, not UTF-8): a validation error.
+        return JSONResponse(
+            error_envelope("validation_error", "The body is not valid JSON.", "user_fixable"),
+            status_code=422,
+        )
     code, message = _HTTP_CODES.get(exc.status_code, ("http_error", "The request failed."))
     category: ErrorCategory = "temporary" if exc.status_code >= 500 else "user_fixable"
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
     return JSONResponse(
-        error_envelope(code, message, category),
-        status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
+        error_envelope(code, message, category), status_code=exc.status_code, headers=headers
     )
 
 

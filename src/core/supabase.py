@@ -15,7 +15,7 @@ from supabase import AsyncClient, AsyncClientOptions
 from yarl import URL
 
 from src.core.config import Settings
-from src.core.errors import AppError, DataPlaneUnavailableError
+from src.core.errors import AppError, DataPlaneUnavailableError, ValidationFailedError
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,9 @@ def translate_data_plane_error(exc: Exception) -> Exception:
         error_class = AppError.for_code(exc.hint)
         if error_class is not None:
             return error_class(exc.message or None, details=_error_details(exc.details))
+    if isinstance(exc, APIError) and (exc.code or "").startswith("22"):
+        # Postgres "data exception": a value it cannot store (NUL in text, out of range).
+        return ValidationFailedError("A value in the request cannot be stored.")
     return exc
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from src.models.session import SessionPhase
 from src.schemas.common import CamelInput, CamelModel
@@ -81,16 +82,16 @@ _NOT_NULLABLE = (
 class ProgressUpdate(CamelInput):
     """A partial update: only the fields given change; answers merge per key."""
 
-    answers: dict[str, AnswerInput | None] | None = Field(
+    answers: dict[str, AnswerInput | None] | SkipJsonSchema[None] = Field(
         default=None,
         description="Per question key: {value} sets the answer, null removes it; "
         "keys not given are kept.",
         max_length=25,
     )
-    roi_inputs: ROIInputsUpdate | None = None
-    phase: SessionPhase | None = None
-    current_question_index: int | None = Field(default=None, ge=0, le=1000)
-    selected_product_ids: list[UUID] | None = Field(default=None, max_length=100)
+    roi_inputs: ROIInputsUpdate | SkipJsonSchema[None] = None
+    phase: SessionPhase | SkipJsonSchema[None] = None
+    current_question_index: int | SkipJsonSchema[None] = Field(default=None, ge=0, le=1000)
+    selected_product_ids: list[UUID] | SkipJsonSchema[None] = Field(default=None, max_length=100)
     timeframe: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="before")
@@ -104,7 +105,7 @@ class ProgressUpdate(CamelInput):
 
 
 class SessionUpdate(ProgressUpdate):
-    metadata: dict[str, Any] | None = Field(
+    metadata: dict[str, Any] | SkipJsonSchema[None] = Field(
         default=None, description="Merged key by key into the session's metadata."
     )
 

@@ -3,29 +3,25 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, StringConstraints
 
 from src.schemas.common import CamelInput, CamelModel
 
 MAX_COMPANIES = 10_000
 MAX_IDS_PER_CALL = 10_000
-EmployeeId = int
+# Ids the SPA can hold exactly: JavaScript numbers are exact up to 2**53 - 1.
+EmployeeId = Annotated[int, Field(ge=0, le=2**53 - 1)]
+CompanyName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"\S")
+]
 
 
 class SearchSessionCreate(CamelInput):
     search_query: dict[str, Any] = Field(description="The original query, kept as given.")
-    companies: list[str] = Field(min_length=1, max_length=MAX_COMPANIES)
+    companies: list[CompanyName] = Field(min_length=1, max_length=MAX_COMPANIES)
     batch_size: int = Field(default=5, ge=1, le=100)
-
-    @field_validator("companies")
-    @classmethod
-    def _no_blank_companies(cls, companies: list[str]) -> list[str]:
-        cleaned = [company.strip() for company in companies]
-        if any(not company or len(company) > 200 for company in cleaned):
-            raise ValueError("company names must be 1..200 characters")
-        return cleaned
 
 
 class SearchSessionCreated(CamelModel):
@@ -44,16 +40,9 @@ class NextBatch(CamelModel):
 class EmployeeIds(CamelInput):
     employee_ids: list[EmployeeId] = Field(min_length=1, max_length=MAX_IDS_PER_CALL)
 
-    @field_validator("employee_ids")
-    @classmethod
-    def _bigint_range(cls, ids: list[int]) -> list[int]:
-        if any(not 0 <= value < 2**63 for value in ids):
-            raise ValueError("employee ids are non-negative 64-bit integers")
-        return ids
-
 
 class FetchedIds(EmployeeIds):
-    cache_hits: int = Field(default=0, ge=0)
+    cache_hits: int = Field(default=0, ge=0, le=MAX_IDS_PER_CALL)
 
 
 class DiscoveredResult(CamelModel):

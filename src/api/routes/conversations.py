@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -86,14 +85,18 @@ async def get_conversation(
     conversations: ConversationServiceDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: Annotated[
-        datetime | None, Query(description="nextBefore of the previous page.")
+        str | None,
+        Query(
+            description="nextBefore of the previous page (an ISO 8601 timestamp).",
+            pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$",
+        ),
     ] = None,
 ) -> ConversationWithMessages:
     """The newest page first (oldest-first within it); page back with `before`."""
     messages, next_before = await conversations.get_messages_page(
         conversation_id=UUID(conversation["id"]),
         limit=limit,
-        before=before.isoformat() if before else None,
+        before=before,
     )
     return ConversationWithMessages(
         **ConversationPublic.from_row(conversation).model_dump(),
