@@ -19,6 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -54,6 +55,15 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _die_with_parent() -> None:
@@ -283,6 +293,35 @@ class LocalDataPlane:
             self.database_name,
         )
         return self.info
+
+    def postgres_pid(self) -> int | None:
+        """The postmaster's pid when this plane started Postgres itself (pgserver)."""
+        if self._pgserver is None:
+            return None
+        return int(self._pgserver.get_pid())  # type: ignore[attr-defined]
+
+    def ensure_postgres_running(self, timeout: float = 30.0) -> None:
+        """Start the pgserver cluster again after a crash (crash recovery runs at start)."""
+        server: Any = self._pgserver
+        if server is None:
+            return
+        pid_file = self.data_dir / "pgdata" / "postmaster.pid"
+        pid = self.postgres_pid()
+        if pid is not None and pid_file.exists() and not _alive(pid):
+            # A killed postmaster can linger as a zombie when PID 1 does not reap it;
+            # pgserver would take it for a running server.
+            pid_file.unlink()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with server._lock:
+                    server.ensure_postgres_running()
+                return
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                # Backends of a killed postmaster may still hold its shared memory.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def stop(self) -> None:
         if self.postgrest is not None:
