@@ -574,3 +574,25 @@ class TestStreamingOverRealHttp:
                     break
                 await asyncio.sleep(0.1)
         assert answers["facility_type"]["value"] == "plant"
+
+
+@ASYNC
+class TestModelOutageRecovery:
+    async def test_replies_come_back_by_themselves_when_the_model_does(
+        self, online: httpx.AsyncClient, model: FakeOpenAIServer
+    ) -> None:
+        conversation_id = await new_conversation(online)
+        model.default = Reply(status=503)
+        during = [(await say(online, conversation_id, f"try {i}")).status_code for i in range(3)]
+        model.default = Reply(text="Back again.")
+        after = await say(online, conversation_id, "are you back?")
+        assert during == [503, 503, 503]
+        assert after.status_code == 201
+        assert after.json()["assistantMessage"]["content"] == "Back again."
+        kept = (await online.get(f"/api/v1/conversations/{conversation_id}")).json()["messages"]
+        assert [m["content"] for m in kept if m["role"] == "user"] == [
+            "try 0",
+            "try 1",
+            "try 2",
+            "are you back?",
+        ]
