@@ -8,15 +8,12 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
-from src.local.dataplane import LocalDataPlane
+from bench.harness import service_on_fresh_data_plane
 from tests.fixtures.factories import SPA_ORIGIN
-from tests.fixtures.processes import start_service
 
 HELD = 100_000
 APPENDED = 1_000
@@ -55,15 +52,8 @@ def measure(base_url: str, rounds: int) -> dict[str, float]:
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    work = Path(tempfile.mkdtemp(prefix="autopilot-bench-"))
-    plane = LocalDataPlane(data_dir=work / "plane")
-    plane.start()
-    service = start_service(plane, work, LOG_LEVEL="WARNING")
-    try:
+    with service_on_fresh_data_plane() as (_, service):
         print(json.dumps(measure(service.base_url, rounds), indent=2))  # noqa: T201
-    finally:
-        service.stop()
-        plane.stop()
 
 
 if __name__ == "__main__":

@@ -12,15 +12,12 @@ import asyncio
 import json
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
-from src.local.dataplane import LocalDataPlane
+from bench.harness import service_on_fresh_data_plane
 from tests.fixtures.factories import SPA_ORIGIN
-from tests.fixtures.processes import start_service
 from tests.fixtures.sse import collect, sse_messages
 
 MISSED = 100
@@ -62,15 +59,8 @@ async def measure(base_url: str, rounds: int) -> dict[str, float]:
 
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    work = Path(tempfile.mkdtemp(prefix="autopilot-bench-"))
-    plane = LocalDataPlane(data_dir=work / "plane")
-    plane.start()
-    service = start_service(plane, work, LOG_LEVEL="WARNING")
-    try:
+    with service_on_fresh_data_plane() as (_, service):
         print(json.dumps(asyncio.run(measure(service.base_url, rounds)), indent=2))  # noqa: T201
-    finally:
-        service.stop()
-        plane.stop()
 
 
 if __name__ == "__main__":

@@ -73,8 +73,14 @@ end
 """
 
 
-def wrk(url: str, *, headers: dict[str, str] | None = None, script: str | None = None,
-        duration: str = DURATION, connections: int = CONNECTIONS) -> dict[str, float]:
+def wrk(
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    script: str | None = None,
+    duration: str = DURATION,
+    connections: int = CONNECTIONS,
+) -> dict[str, float]:
     args = ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{duration}", "--latency"]
     for name, value in (headers or {}).items():
         args += ["-H", f"{name}: {value}"]
@@ -101,9 +107,13 @@ def parse_wrk(out: str) -> dict[str, float]:
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99,
-            "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0,
-            "socket_errors": 1.0 if errors else 0.0}
+    return {
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "non_2xx": float(non_2xx.group(1)) if non_2xx else 0.0,
+        "socket_errors": 1.0 if errors else 0.0,
+    }
 
 
 def seed_sessions(database_url: str, start: int, stop: int) -> None:
@@ -152,50 +162,75 @@ def run() -> dict[str, Any]:
     model = FakeOpenAIServer().start()
     model.instant("Sure, let's look at your facility.")
     service = start_service(
-        plane, work, OPENAI_API_KEY="bench", OPENAI_BASE_URL=model.base_url, WORKERS=WORKERS,
-        SESSION_CREATE_LIMIT_PER_HOUR="100000000", MESSAGE_RATE_LIMIT_PER_MINUTE="100000000",
+        plane,
+        work,
+        OPENAI_API_KEY="bench",
+        OPENAI_BASE_URL=model.base_url,
+        WORKERS=WORKERS,
+        SESSION_CREATE_LIMIT_PER_HOUR="100000000",
+        MESSAGE_RATE_LIMIT_PER_MINUTE="100000000",
         LOG_LEVEL="WARNING",
     )
-    results: dict[str, Any] = {"connections": CONNECTIONS, "duration": DURATION,
-                               "workers": int(WORKERS), "cores": os.cpu_count()}
+    results: dict[str, Any] = {
+        "connections": CONNECTIONS,
+        "duration": DURATION,
+        "workers": int(WORKERS),
+        "cores": os.cpu_count(),
+    }
     try:
         base = service.base_url
         token = new_cookie(base)
         token_hash = hashlib.sha256(token.encode()).hexdigest()
         cookie = {"Cookie": f"autopilot_session={token}"}
-        rest_headers = {"apikey": info.service_role_key,
-                        "Authorization": f"Bearer {info.service_role_key}"}
+        rest_headers = {
+            "apikey": info.service_role_key,
+            "Authorization": f"Bearer {info.service_role_key}",
+        }
         wrk(f"{base}/api/v1/sessions/me", headers=cookie, duration="2s")  # warm-up
 
         results["1_constant"] = wrk(f"{base}/healthz")
         results["2_postgrest_floor"] = wrk(
-            f"{info.rest_url}/sessions?token_hash=eq.{token_hash}", headers=rest_headers)
+            f"{info.rest_url}/sessions?token_hash=eq.{token_hash}", headers=rest_headers
+        )
         results["3_get_session"] = wrk(f"{base}/api/v1/sessions/me", headers=cookie)
         seed_sessions(info.database_url, 1, MEMORY_SESSIONS[0])
         results["4_put_session"] = wrk(
             f"{base}/api/v1/sessions/me",
-            script=PUT_SCRIPT.format(origin=SPA_ORIGIN, sessions=MEMORY_SESSIONS[0]))
+            script=PUT_SCRIPT.format(origin=SPA_ORIGIN, sessions=MEMORY_SESSIONS[0]),
+        )
         results["5_stream_first_byte"] = asyncio.run(measure_ttfb(base, 50))
 
-        results["6_get_at_small_table"] = {**wrk(f"{base}/api/v1/sessions/me", headers=cookie),
-                                           "rows": session_rows(info.database_url)}
+        results["6_get_at_small_table"] = {
+            **wrk(f"{base}/api/v1/sessions/me", headers=cookie),
+            "rows": session_rows(info.database_url),
+        }
         seed_sessions(info.database_url, 1, MEMORY_SESSIONS[1])
-        wrk(f"{base}/api/v1/sessions/me",
-            script=DISTINCT_SCRIPT.format(start=0, stop=MEMORY_SESSIONS[0]), duration="3s")
+        wrk(
+            f"{base}/api/v1/sessions/me",
+            script=DISTINCT_SCRIPT.format(start=0, stop=MEMORY_SESSIONS[0]),
+            duration="3s",
+        )
         after_small = resident_kib(service)
         served = 0
         while served < MEMORY_SESSIONS[1]:
-            stats = wrk(f"{base}/api/v1/sessions/me",
-                        script=DISTINCT_SCRIPT.format(start=served, stop=MEMORY_SESSIONS[1]),
-                        duration="5s")
+            stats = wrk(
+                f"{base}/api/v1/sessions/me",
+                script=DISTINCT_SCRIPT.format(start=served, stop=MEMORY_SESSIONS[1]),
+                duration="5s",
+            )
             served += int(stats["rps"] * 5)
         after_large = resident_kib(service)
-        results["memory"] = {"rss_kib_after_1k": after_small, "rss_kib_after_100k": after_large,
-                             "growth": after_large / after_small}
+        results["memory"] = {
+            "rss_kib_after_1k": after_small,
+            "rss_kib_after_100k": after_large,
+            "growth": after_large / after_small,
+        }
 
         seed_sessions(info.database_url, MEMORY_SESSIONS[1] + 1, BIG_TABLE_ROWS)
-        results["6_get_at_large_table"] = {**wrk(f"{base}/api/v1/sessions/me", headers=cookie),
-                                           "rows": session_rows(info.database_url)}
+        results["6_get_at_large_table"] = {
+            **wrk(f"{base}/api/v1/sessions/me", headers=cookie),
+            "rows": session_rows(info.database_url),
+        }
     finally:
         service.stop()
         model.stop()
@@ -214,20 +249,30 @@ def run() -> dict[str, Any]:
 
 def report(results: dict[str, Any]) -> str:
     lines = [f"{'scenario':32} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9}"]
-    for key in ("1_constant", "2_postgrest_floor", "3_get_session", "4_put_session",
-                "6_get_at_small_table", "6_get_at_large_table"):
+    for key in (
+        "1_constant",
+        "2_postgrest_floor",
+        "3_get_session",
+        "4_put_session",
+        "6_get_at_small_table",
+        "6_get_at_large_table",
+    ):
         row = results[key]
         label = key if "rows" not in row else f"{key} ({int(row['rows']):,} rows)"
         lines.append(f"{label:32} {row['rps']:>10.0f} {row['p50_ms']:>9.2f} {row['p99_ms']:>9.2f}")
     ttfb = results["5_stream_first_byte"]
-    lines.append(f"{'5_stream_first_byte (c=1)':32} {'':>10} {ttfb['first_byte_p50_ms']:>9.2f} "
-                 f"{ttfb['first_byte_p99_ms']:>9.2f}")
+    lines.append(
+        f"{'5_stream_first_byte (c=1)':32} {'':>10} {ttfb['first_byte_p50_ms']:>9.2f} "
+        f"{ttfb['first_byte_p99_ms']:>9.2f}"
+    )
     lines.append("")
     for name, value in results["ratios"].items():
         lines.append(f"{name:32} {value:>10.2f}")
     memory = results["memory"]
-    lines.append(f"{'RSS after 1k / 100k sessions':32} {memory['rss_kib_after_1k']:>9} KiB "
-                 f"{memory['rss_kib_after_100k']:>9} KiB  (x{memory['growth']:.2f})")
+    lines.append(
+        f"{'RSS after 1k / 100k sessions':32} {memory['rss_kib_after_1k']:>9} KiB "
+        f"{memory['rss_kib_after_100k']:>9} KiB  (x{memory['growth']:.2f})"
+    )
     return "\n".join(lines)
 
 
@@ -237,16 +282,33 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["1_constant", "2_postgrest_floor", "3_get_session", "4_put_session",
-            "6_get_at_small_table", "6_get_at_large_table"]
-    labels = ["constant", "PostgREST\nfloor", "GET\n/sessions/me", "PUT\n/sessions/me",
-              "GET\n(small table)", "GET\n(1M rows)"]
+    keys = [
+        "1_constant",
+        "2_postgrest_floor",
+        "3_get_session",
+        "4_put_session",
+        "6_get_at_small_table",
+        "6_get_at_large_table",
+    ]
+    labels = [
+        "constant",
+        "PostgREST\nfloor",
+        "GET\n/sessions/me",
+        "PUT\n/sessions/me",
+        "GET\n(small table)",
+        "GET\n(1M rows)",
+    ]
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     left.bar(labels, [results[k]["rps"] for k in keys], color="#4C72B0")
     left.set_title(f"Requests/s ({CONNECTIONS} connections, {DURATION})")
     right.bar(labels, [results[k]["p50_ms"] for k in keys], color="#55A868", label="p50")
-    right.bar(labels, [results[k]["p99_ms"] - results[k]["p50_ms"] for k in keys],
-              bottom=[results[k]["p50_ms"] for k in keys], color="#C44E52", label="p99")
+    right.bar(
+        labels,
+        [results[k]["p99_ms"] - results[k]["p50_ms"] for k in keys],
+        bottom=[results[k]["p50_ms"] for k in keys],
+        color="#C44E52",
+        label="p99",
+    )
     right.set_title("Latency (ms)")
     right.legend()
     for axis in (left, right):

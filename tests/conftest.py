@@ -99,29 +99,25 @@ async def other_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def rest(data_plane: LocalDataPlane) -> AsyncIterator[httpx.AsyncClient]:
-    """PostgREST directly with the service key, to check what was stored."""
-    info = plane_info(data_plane)
+def _rest_client(plane: LocalDataPlane, key: str) -> httpx.AsyncClient:
     headers = {
-        "apikey": info.service_role_key,
-        "Authorization": f"Bearer {info.service_role_key}",
+        "apikey": key,
+        "Authorization": f"Bearer {key}",
         "Accept-Profile": "autopilot",
         "Content-Profile": "autopilot",
     }
-    async with httpx.AsyncClient(base_url=info.rest_url, headers=headers) as http:
+    return httpx.AsyncClient(base_url=plane_info(plane).rest_url, headers=headers)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def rest(data_plane: LocalDataPlane) -> AsyncIterator[httpx.AsyncClient]:
+    """PostgREST directly with the service key, to check what was stored."""
+    async with _rest_client(data_plane, plane_info(data_plane).service_role_key) as http:
         yield http
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def anon_rest(data_plane: LocalDataPlane) -> AsyncIterator[httpx.AsyncClient]:
     """PostgREST directly with the public anon key: must read and execute nothing."""
-    info = plane_info(data_plane)
-    headers = {
-        "apikey": info.anon_key,
-        "Authorization": f"Bearer {info.anon_key}",
-        "Accept-Profile": "autopilot",
-        "Content-Profile": "autopilot",
-    }
-    async with httpx.AsyncClient(base_url=info.rest_url, headers=headers) as http:
+    async with _rest_client(data_plane, plane_info(data_plane).anon_key) as http:
         yield http

@@ -57,32 +57,9 @@ begin
 end
 $$;
 
--- Lock and return the caller's search session, or fail: 404 when it is not theirs
--- (no existence leak), 409 when it was cleared and p_require_active.
-create or replace function autopilot_private.owned_search_session(
-  p_id text, p_user_id uuid, p_session_id uuid, p_require_active boolean
-) returns autopilot.search_sessions
-language plpgsql
-set search_path = pg_catalog, pg_temp
-as $$
-declare
-  s autopilot.search_sessions;
-begin
-  select * into s from autopilot.search_sessions
-   where id = p_id
-     and (owner_user_id = p_user_id or owner_session_id = p_session_id)
-   for update;
-  if not found then
-    perform autopilot_private.fail(404, 'search_session_not_found', 'No such search session.');
-  end if;
-  if p_require_active and not s.is_active then
-    perform autopilot_private.fail(409, 'session_inactive', 'This search session was cleared.');
-  end if;
-  return s;
-end
-$$;
-
--- The same checks without handing the row (and its large arrays) back.
+-- Lock the caller's search session without handing its (large) arrays back, or fail:
+-- 404 when it is not theirs (no existence leak), 409 when it was cleared and
+-- p_require_active.
 create or replace function autopilot_private.lock_search_session(
   p_id text, p_user_id uuid, p_session_id uuid, p_require_active boolean
 ) returns void
@@ -102,6 +79,22 @@ begin
   if p_require_active and not active then
     perform autopilot_private.fail(409, 'session_inactive', 'This search session was cleared.');
   end if;
+end
+$$;
+
+-- Lock and return the caller's search session, or fail as lock_search_session does.
+create or replace function autopilot_private.owned_search_session(
+  p_id text, p_user_id uuid, p_session_id uuid, p_require_active boolean
+) returns autopilot.search_sessions
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  s autopilot.search_sessions;
+begin
+  perform autopilot_private.lock_search_session(p_id, p_user_id, p_session_id, p_require_active);
+  select * into s from autopilot.search_sessions where id = p_id;
+  return s;
 end
 $$;
 

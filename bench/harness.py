@@ -1,0 +1,27 @@
+"""What every bench script needs: a fresh local data plane and the service as a real
+process (production settings), torn down afterwards."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from src.local.dataplane import LocalDataPlane
+from tests.fixtures.processes import ServiceProcess, start_service
+
+
+@contextmanager
+def service_on_fresh_data_plane(**env: str) -> Iterator[tuple[LocalDataPlane, ServiceProcess]]:
+    work = Path(tempfile.mkdtemp(prefix="autopilot-bench-"))
+    plane = LocalDataPlane(data_dir=work / "plane", postgrest_pool=20)
+    plane.start()
+    service = start_service(plane, work, **{"LOG_LEVEL": "WARNING", **env})
+    try:
+        yield plane, service
+    finally:
+        service.stop()
+        plane.stop()
+        shutil.rmtree(work, ignore_errors=True)
