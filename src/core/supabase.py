@@ -113,7 +113,13 @@ def is_transient(exc: BaseException) -> bool:
         return True
     if isinstance(exc, APIError):
         code = exc.code or ""
-        return code in _TRANSIENT_POSTGREST_CODES or code.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
+        # Every error PostgREST itself makes carries a code; one without came from
+        # something in between (seen while Postgres restarts after a crash).
+        return (
+            not code
+            or code in _TRANSIENT_POSTGREST_CODES
+            or code.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
+        )
     return False
 
 
