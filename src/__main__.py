@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import uuid
 
 from src.core.config import Settings, SettingsError, get_settings
 
@@ -72,6 +73,38 @@ def _cleanup(_: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    """A development access token, signed with the local JWT secret."""
+    from pathlib import Path
+
+    from src.core.security import mint_user_token
+
+    settings = get_settings()
+    if settings.supabase_url:
+        print(  # noqa: T201
+            "refusing: SUPABASE_URL is set, so tokens come from that project's Auth",
+            file=sys.stderr,
+        )
+        return 2
+    secret_file = Path(settings.local_data_dir) / "jwt_secret"
+    secret = settings.supabase_jwt_secret or (
+        secret_file.read_text().strip() if secret_file.exists() else None
+    )
+    if not secret:
+        print("no local JWT secret yet: run `make run` once first", file=sys.stderr)  # noqa: T201
+        return 2
+    print(  # noqa: T201
+        mint_user_token(
+            secret,
+            user_id=args.user_id,
+            email=args.email,
+            app_metadata={"role": "admin"} if args.admin else {},
+            lifetime_seconds=args.hours * 3600,
+        )
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src", description="autopilot-api")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "cleanup", help="delete expired, unclaimed sessions now (in batches)"
     ).set_defaults(handler=_cleanup)
+    token = commands.add_parser(
+        "token", help="mint a local development access token (refused against hosted Supabase)"
+    )
+    token.add_argument("--user-id", default=str(uuid.uuid4()), help="the user's UUID (random)")
+    token.add_argument("--email", default="dev@example.test", help="the user's email")
+    token.add_argument("--admin", action="store_true", help="app_metadata.role = admin")
+    token.add_argument("--hours", type=int, default=12, help="lifetime in hours")
+    token.set_defaults(handler=_token)
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))

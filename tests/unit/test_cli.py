@@ -1,0 +1,61 @@
+"""The command line: each command has --help; token refuses against hosted Supabase."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+from jose import jwt
+
+from src.core.config import PROJECT_ROOT
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "src", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate", "cleanup", "token"])
+def test_every_command_has_help(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    assert "usage:" in result.stdout
+
+
+def test_token_is_refused_against_a_hosted_project() -> None:
+    result = run_cli(
+        "token", env={"SUPABASE_URL": "https://x.supabase.co", "SUPABASE_SERVICE_ROLE_KEY": "k"}
+    )
+    assert result.returncode == 2
+    assert "refusing" in result.stderr
+    assert result.stdout == ""
+
+
+def test_token_mints_a_supabase_shaped_token_with_the_local_secret() -> None:
+    user_id = str(uuid.uuid4())
+    secret = "s" * 40
+    result = run_cli(
+        "token",
+        "--user-id",
+        user_id,
+        "--email",
+        "a@b.test",
+        "--admin",
+        env={"SUPABASE_JWT_SECRET": secret},
+    )
+    assert result.returncode == 0
+    claims = jwt.decode(
+        result.stdout.strip(), secret, algorithms=["HS256"], audience="authenticated"
+    )
+    assert claims["sub"] == user_id
+    assert claims["email"] == "a@b.test"
+    assert claims["app_metadata"] == {"role": "admin"}
