@@ -92,3 +92,18 @@ class TestEnvExample:
             if re.match(r"^#?\s*[A-Z][A-Z0-9_]+=", line):
                 assert index > 0, line
                 assert lines[index - 1].startswith("# "), line
+
+
+class TestReadmeTable:
+    def test_readme_configuration_table_matches_settings(self) -> None:
+        from src.core.settings_doc import README, readme_with_table
+
+        text = README.read_text()
+        assert readme_with_table(text) == text, "run: python -m src.core.settings_doc"
+
+    def test_table_lists_every_setting(self) -> None:
+        from src.core.settings_doc import settings_table
+
+        table = settings_table()
+        for name in Settings.model_fields:
+            assert f"| `{name.upper()}` |" in table
