@@ -32,13 +32,13 @@ check-reliability: install
 	FUZZ_EXAMPLES=200 $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
 
 lint: install
-	$(VENV)/bin/ruff check src tests alembic
-	$(VENV)/bin/ruff format --check src tests alembic
+	$(VENV)/bin/ruff check src tests alembic bench
+	$(VENV)/bin/ruff format --check src tests alembic bench
 	$(VENV)/bin/mypy
 
 format: install
-	$(VENV)/bin/ruff format src tests alembic
-	$(VENV)/bin/ruff check --fix src tests alembic
+	$(VENV)/bin/ruff format src tests alembic bench
+	$(VENV)/bin/ruff check --fix src tests alembic bench
 
 clean:
 	rm -rf $(VENV) .local .tools

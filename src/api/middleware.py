@@ -12,10 +12,22 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from src.api.error_handlers import unhandled_error_response
+from src.core.metrics import REQUEST_SECONDS, REQUESTS
 from src.core.request_context import clear_cookie_var, request_id_var
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
 access_logger = logging.getLogger("src.access")
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's full template (e.g. /api/v1/conversations/{conversation_id}),
+    never the raw path: ids, and random 404 paths, would explode the label set."""
+    if "route" not in scope:
+        return "unmatched"
+    # FastAPI keeps the prefixed template of an included router's route here.
+    context = scope.get("fastapi", {}).get("effective_route_context")
+    template = getattr(context, "path_format", None) or getattr(scope["route"], "path", "")
+    return str(template) or "unmatched"
 
 
 class RequestIdMiddleware:
@@ -62,6 +74,10 @@ class RequestIdMiddleware:
                 raise
             await unhandled_error_response(exc)(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            template = _route_template(scope)
+            REQUESTS.labels(scope["method"], template, str(status)).inc()
+            REQUEST_SECONDS.labels(template).observe(elapsed)
             if access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
                     json.dumps(
@@ -69,7 +85,7 @@ class RequestIdMiddleware:
                             "method": scope["method"],
                             "path": scope["path"],
                             "status": status,
-                            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                            "duration_ms": round(elapsed * 1000, 2),
                             "request_id": request_id,
                         }
                     )

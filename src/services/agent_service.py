@@ -16,6 +16,7 @@ from openai import AsyncOpenAI
 
 from src.core.config import Settings
 from src.core.errors import ModelUnavailableError
+from src.core.metrics import MODEL_SECONDS
 from src.models.auth import UserContext
 from src.models.conversation import Conversation, Message
 from src.models.session import SessionPhase
@@ -211,6 +212,7 @@ class AgentService:
             raise ModelUnavailableError() from exc
         finally:
             reply.model_seconds = time.perf_counter() - started
+            MODEL_SECONDS.observe(reply.model_seconds)
 
     # --- offline: the catalogue asks itself ------------------------------------------
     async def _record(self, owner: ChatOwner, update: ProgressUpdate) -> Mapping[str, Any]:

@@ -17,6 +17,7 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from src.core.config import Settings
+from src.core.metrics import EXTRACTIONS
 from src.core.supabase import call_rpc, translate_data_plane_error
 from src.models.conversation import Message
 from src.models.session import DiscoveryAnswer, ROIInputEntry
@@ -124,6 +125,7 @@ class ProfileExtractionService:
                     },
                 )
         except Exception as exc:
+            EXTRACTIONS.labels("failure").inc()
             logger.warning(
                 "extraction failed for conversation_id=%s: %s", conversation_id, type(exc).__name__
             )
@@ -228,21 +230,28 @@ class ProfileExtractionService:
             )
         except openai.APIError as exc:
             logger.warning("extraction model call failed: %s", type(exc).__name__)
+            EXTRACTIONS.labels("failure").inc()
             return None
         if not completion.choices:
+            EXTRACTIONS.labels("failure").inc()
             return None
         choice = completion.choices[0]
         if choice.finish_reason in ("length", "content_filter"):
             logger.warning("extraction output cut off: finish_reason=%s", choice.finish_reason)
+            EXTRACTIONS.labels("failure").inc()
             return None
         if choice.message.refusal:
             logger.warning("extraction refused by the model")
+            EXTRACTIONS.labels("failure").inc()
             return None
         try:
-            return _ExtractionPayload.model_validate(json.loads(choice.message.content or ""))
+            payload = _ExtractionPayload.model_validate(json.loads(choice.message.content or ""))
         except (ValueError, ValidationError):
             logger.warning("extraction returned invalid JSON")
+            EXTRACTIONS.labels("failure").inc()
             return None
+        EXTRACTIONS.labels("success").inc()
+        return payload
 
     def _validate_and_enrich_answers(
         self, payload: _ExtractionPayload, *, message_id: str

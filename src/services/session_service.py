@@ -18,6 +18,7 @@ from src.core.errors import (
     SessionNotFoundError,
 )
 from src.core.logging import AUDIT
+from src.core.metrics import CLAIMS, SESSIONS_CREATED
 from src.core.security import generate_session_token, hash_session_token
 from src.core.supabase import call_rpc
 from src.models.auth import UserContext
@@ -89,6 +90,7 @@ class SessionService:
         )
         session = cast(Session, row)
         logger.info("session created: session_id=%s", session["id"])
+        SESSIONS_CREATED.inc()
         await self._bus.publish(session_subject(session["id"]))
         return session, token
 
@@ -206,6 +208,7 @@ class SessionService:
             session_token=token, user=user, dry_run=dry_run
         )
         if not dry_run and not outcome["already_claimed"]:
+            CLAIMS.inc()
             logger.log(
                 AUDIT,
                 "session claimed: session_id=%s profile_id=%s conversations_moved=%d",

@@ -214,3 +214,21 @@ class TestAnonKeyLockout:
                      and not c.relrowsecurity"""
             ).fetchall()
         assert unprotected == []
+
+
+@ASYNC
+class TestMetrics:
+    async def test_metrics_count_requests_by_route_template_and_sessions(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        await client.post("/api/v1/sessions")
+        await client.get("/api/v1/conversations/00000000-0000-0000-0000-000000000000")
+        text = (await client.get("/metrics")).text
+        assert (
+            'autopilot_http_requests_total{method="POST",route="/api/v1/sessions",status="201"}'
+            in text
+        )
+        assert 'route="/api/v1/conversations/{conversation_id}"' in text
+        assert "00000000-0000" not in text
+        assert "autopilot_sessions_created_total" in text
+        assert "autopilot_http_request_duration_seconds_bucket" in text

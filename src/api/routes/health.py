@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from src.api.deps import HealthServiceDep
 from src.schemas.common import error_responses
@@ -15,6 +16,12 @@ router = APIRouter(tags=["health"])
 async def healthz() -> HealthPublic:
     """Answers as long as the process serves requests; touches nothing else."""
     return HealthPublic(status="ok")
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics() -> Response:
+    """The text exposition format, for a Prometheus scrape."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(
