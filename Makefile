@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint format bench check-reliability clean
+.PHONY: install run test lint format bench check-reliability demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## The API and the demo SPA on another origin (http://127.0.0.1:5173), with a dev token.
+demo: install
+	$(PY) -m examples.demo
+
 ## Benchmark the service against its data plane (installs wrk and matplotlib); see bench/run.py.
 bench: install
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk) >/dev/null
@@ -32,13 +36,13 @@ check-reliability: install
 	FUZZ_EXAMPLES=200 $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
 
 lint: install
-	$(VENV)/bin/ruff check src tests alembic bench
-	$(VENV)/bin/ruff format --check src tests alembic bench
+	$(VENV)/bin/ruff check src tests alembic bench examples
+	$(VENV)/bin/ruff format --check src tests alembic bench examples
 	$(VENV)/bin/mypy
 
 format: install
-	$(VENV)/bin/ruff format src tests alembic bench
-	$(VENV)/bin/ruff check --fix src tests alembic bench
+	$(VENV)/bin/ruff format src tests alembic bench examples
+	$(VENV)/bin/ruff check --fix src tests alembic bench examples
 
 clean:
 	rm -rf $(VENV) .local .tools

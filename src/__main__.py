@@ -24,7 +24,8 @@ def _serve(_: argparse.Namespace) -> int:
         log_level=settings.log_level.lower(),
         proxy_headers=False,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        log_config=None,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
     return 0
 

@@ -28,6 +28,7 @@ from src.api.routes import (
     sessions,
 )
 from src.core.config import Settings, get_settings
+from src.core.logging import configure_logging
 from src.core.openai import create_openai_client
 from src.core.security import TokenVerifier
 from src.core.state import AppState
@@ -109,9 +110,7 @@ def _install_docs(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s %(message)s")
-    # httpx logs every request URL at INFO: noise on the hot path.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings.log_level)
     app = FastAPI(
         title="autopilot-api",
         version="0.1.0",

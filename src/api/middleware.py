@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -80,15 +79,13 @@ class RequestIdMiddleware:
             REQUEST_SECONDS.labels(template).observe(elapsed)
             if access_logger.isEnabledFor(logging.INFO):
                 access_logger.info(
-                    json.dumps(
-                        {
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "status": status,
-                            "duration_ms": round(elapsed * 1000, 2),
-                            "request_id": request_id,
-                        }
-                    )
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
                 )
             request_id_var.reset(token)
             clear_cookie_var.reset(cookie_token)

@@ -1,0 +1,135 @@
+// A small client of autopilot-api, served from its own origin. Anonymous until the
+// visitor signs in; answers fill in live from the events stream.
+"use strict";
+
+const API = new URLSearchParams(location.search).get("api") || "http://127.0.0.1:8000";
+let accessToken = null;
+let conversationId = null;
+let events = null;
+
+const $ = (id) => document.getElementById(id);
+
+function setState(state, text) {
+  document.body.dataset.state = state;
+  $("status").textContent = text || state;
+}
+
+async function api(path, { method = "GET", json, headers = {} } = {}) {
+  const init = { method, credentials: "include", headers: { ...headers } };
+  if (json !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(json);
+  }
+  if (accessToken) init.headers.Authorization = `Bearer ${accessToken}`;
+  const response = await fetch(API + path, init);
+  if (!response.ok && response.status !== 404) {
+    const body = await response.json().catch(() => ({}));
+    throw new Error(`${method} ${path}: ${response.status} ${body.error ? body.error.code : ""}`);
+  }
+  return response;
+}
+
+function renderProgress(row) {
+  $("phase").textContent = row.phaseDisplayName;
+  const body = $("answers").querySelector("tbody");
+  body.replaceChildren();
+  const answers = Object.values(row.answers).sort((a, b) => a.questionId - b.questionId);
+  for (const answer of answers) {
+    const tr = document.createElement("tr");
+    tr.dataset.key = answer.key;
+    tr.innerHTML = "<td></td><td class='value'></td><td class='source'></td>";
+    tr.children[0].textContent = answer.label;
+    tr.children[1].textContent = String(answer.value);
+    tr.children[2].textContent = answer.source;
+    body.appendChild(tr);
+  }
+  document.body.dataset.answers = String(answers.length);
+}
+
+async function refresh() {
+  const response = await api(accessToken ? "/api/v1/discovery" : "/api/v1/sessions/me");
+  if (response.ok) renderProgress(await response.json());
+}
+
+function listen(url) {
+  if (events) events.close();
+  events = new EventSource(url, { withCredentials: true });
+  const onChange = () => refresh().catch((error) => setState("error", error.message));
+  for (const name of ["updated", "phase_changed", "extraction.completed", "claimed", "completed"]) {
+    events.addEventListener(name, onChange);
+  }
+  events.onopen = () => { document.body.dataset.events = "open"; };
+}
+
+function bubble(role, text) {
+  const div = document.createElement("div");
+  div.className = `msg ${role}`;
+  div.textContent = text;
+  $("messages").appendChild(div);
+  $("messages").scrollTop = $("messages").scrollHeight;
+  return div;
+}
+
+// The reply streams as SSE over a POST, so fetch reads it (EventSource is GET-only).
+async function sendMessage(text) {
+  if (!conversationId) {
+    conversationId = (await (await api("/api/v1/conversations", { method: "POST", json: {} })).json()).id;
+  }
+  bubble("user", text);
+  const reply = bubble("assistant", "");
+  const response = await api(`/api/v1/conversations/${conversationId}/messages`, {
+    method: "POST", json: { content: text }, headers: { Accept: "text/event-stream" },
+  });
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const event = /^event: (.*)$/m.exec(block);
+      const data = /^data: (.*)$/m.exec(block);
+      if (!event || !data) continue;
+      const payload = JSON.parse(data[1]);
+      if (event[1] === "delta") reply.textContent += payload.text;
+      if (event[1] === "error") reply.textContent = payload.error.message;
+    }
+  }
+  document.body.dataset.replies = String(document.querySelectorAll(".assistant").length);
+}
+
+async function claim(token) {
+  accessToken = token;
+  $("token").value = "";
+  const response = await api("/api/v1/sessions/claim", { method: "POST" });
+  const result = await response.json();
+  renderProgress(result.profile);
+  $("answers-title").textContent = "Saved to your profile";
+  const ticket = (await (await api("/api/v1/events/ticket", { method: "POST" })).json()).ticket;
+  listen(`${API}/api/v1/events?ticket=${encodeURIComponent(ticket)}`);
+  setState("claimed", `signed in · ${result.conversationsMoved} conversation(s) saved`);
+}
+
+$("chat").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = $("message").value.trim();
+  if (!text) return;
+  $("message").value = "";
+  sendMessage(text).catch((error) => setState("error", error.message));
+});
+
+$("signin").addEventListener("submit", (event) => {
+  event.preventDefault();
+  claim($("token").value.trim()).catch((error) => setState("error", error.message));
+});
+
+(async () => {
+  await api("/api/v1/sessions", { method: "POST" });
+  await refresh();
+  listen(`${API}/api/v1/events`);
+  setState("ready", "anonymous session");
+})().catch((error) => setState("error", error.message));

@@ -1,0 +1,172 @@
+"""The demo SPA in headless Chromium (Debian's, driven by Playwright), served from another
+origin than the API: chat (streamed), answers filling in from the events stream, sign in
+with a local development token, claim. Then the API confirms what the browser did."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from src.core.config import PROJECT_ROOT
+from src.core.security import mint_user_token
+from src.local.dataplane import LocalDataPlane, free_port
+from src.services.extraction_constants import QUESTION_KEYS_IN_ORDER
+from tests.fixtures.processes import ServiceProcess, start_service
+
+SPA_DIR = PROJECT_ROOT / "examples" / "spa"
+ARTIFACTS = PROJECT_ROOT / ".artifacts"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    """Debian's Chromium, installed on first use (Playwright's own download is not used)."""
+    found = shutil.which("chromium")
+    if found is None:
+        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "chromium"],
+            check=True,
+            capture_output=True,
+            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        found = shutil.which("chromium")
+    assert found, "chromium could not be installed"
+    return found
+
+
+@pytest.fixture(scope="module")
+def spa_origin() -> Iterator[str]:
+    port = free_port()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SPA_DIR))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def api(
+    data_plane: LocalDataPlane, spa_origin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    service = start_service(
+        data_plane,
+        tmp_path_factory.mktemp("e2e"),
+        CORS_ORIGINS=spa_origin,
+        SESSION_COOKIE_SECURE="false",
+        LOG_LEVEL="WARNING",
+        MESSAGE_RATE_LIMIT_PER_MINUTE="1000",
+    )
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def send(page: Page, text: str, replies: int) -> None:
+    page.fill("#message", text)
+    page.click("#send")
+    page.wait_for_selector(f"body[data-replies='{replies}']", timeout=15_000)
+
+
+def test_visitor_chats_sees_answers_live_signs_in_and_claims(
+    api: ServiceProcess, spa_origin: str, data_plane: LocalDataPlane
+) -> None:
+    assert data_plane.info is not None
+    user_id = uuid.uuid4()
+    token = mint_user_token(data_plane.info.jwt_secret, user_id=user_id, email="e2e@example.test")
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "e2e-claimed-profile.png"
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(f"{spa_origin}/index.html?api={api.base_url}")
+        page.wait_for_selector("body[data-state='ready'][data-events='open']", timeout=15_000)
+
+        send(page, "hello", replies=1)
+        for count, answer in enumerate(["warehouse", "120000", "Columbus, Ohio"], start=1):
+            send(page, answer, replies=count + 1)
+            # The table fills in from the live events stream, not from the chat reply.
+            page.wait_for_selector(f"body[data-answers='{count}']", timeout=15_000)
+        replies = 4
+        for _ in range(len(QUESTION_KEYS_IN_ORDER) - 3):
+            replies += 1
+            send(page, "12", replies=replies)
+        page.wait_for_selector("#phase:has-text('ROI analysis')", timeout=15_000)
+        for roi_answer in ("35", "80%", "0.1", "12000", "400"):
+            replies += 1
+            send(page, roi_answer, replies=replies)
+        page.wait_for_selector("#phase:has-text('Greenlight')", timeout=15_000)
+
+        page.fill("#token", token)
+        page.click("#claim")
+        page.wait_for_selector("body[data-state='claimed']", timeout=15_000)
+        assert page.inner_text("#answers-title") == "Saved to your profile"
+        assert page.inner_text("tr[data-key='facility_type'] td.value") == "warehouse"
+        page.screenshot(path=str(screenshot), full_page=True)
+        browser.close()
+
+    headers = {"Authorization": f"Bearer {token}"}
+    profile = httpx.get(f"{api.base_url}/api/v1/discovery", headers=headers).json()
+    answers = {key: a["value"] for key, a in profile["answers"].items()}
+    assert len(answers) == len(QUESTION_KEYS_IN_ORDER)
+    assert answers["facility_type"] == "warehouse"
+    assert answers["facility_size_sqft"] == 120000
+    assert answers["facility_location"] == "Columbus, Ohio"
+    assert profile["phase"] == "greenlight"
+    assert profile["roiInputs"]["laborRate"] == 35
+    assert profile["roiInputs"]["utilization"] == 0.8
+    conversations = httpx.get(f"{api.base_url}/api/v1/conversations", headers=headers).json()
+    assert [c["owner"] for c in conversations] == ["user"]
+    moved = httpx.get(
+        f"{api.base_url}/api/v1/conversations/{conversations[0]['id']}",
+        params={"limit": 200},
+        headers=headers,
+    ).json()
+    user_lines = [m["content"] for m in moved["messages"] if m["role"] == "user"]
+    assert user_lines[:4] == ["hello", "warehouse", "120000", "Columbus, Ohio"]
+    assert len(user_lines) == 1 + len(QUESTION_KEYS_IN_ORDER) + 5
+    assert screenshot.stat().st_size > 10_000
+
+
+def test_docs_page_renders_with_no_failed_request_or_console_error(api: ServiceProcess) -> None:
+    failures: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("requestfailed", lambda request: failures.append(f"failed {request.url}"))
+        page.on(
+            "response",
+            lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+        )
+        page.on(
+            "console", lambda m: failures.append(f"console {m.text}") if m.type == "error" else None
+        )
+        page.goto(f"{api.base_url}/docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=15_000)
+        title = page.inner_text(".swagger-ui .info .title")
+        operations = page.locator(".opblock").count()
+        browser.close()
+    assert "autopilot-api" in title
+    assert operations > 20
+    assert failures == []
