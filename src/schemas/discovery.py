@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictFloat, StrictInt, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from src.models.session import SessionPhase
@@ -45,11 +45,11 @@ class ROIInputsSchema(CamelModel):
 class ROIInputsUpdate(CamelInput):
     """Per key: a number sets it, null removes it, absent keeps it."""
 
-    labor_rate: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    utilization: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
-    maintenance_factor: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
-    manual_monthly_spend: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    manual_monthly_hours: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    labor_rate: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
+    utilization: StrictFloat | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    maintenance_factor: StrictFloat | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    manual_monthly_spend: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
+    manual_monthly_hours: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class ROIInputDetail(CamelModel):
@@ -90,7 +90,7 @@ class ProgressUpdate(CamelInput):
     )
     roi_inputs: ROIInputsUpdate | SkipJsonSchema[None] = None
     phase: SessionPhase | SkipJsonSchema[None] = None
-    current_question_index: int | SkipJsonSchema[None] = Field(default=None, ge=0, le=1000)
+    current_question_index: StrictInt | SkipJsonSchema[None] = Field(default=None, ge=0, le=1000)
     selected_product_ids: list[UUID] | SkipJsonSchema[None] = Field(default=None, max_length=100)
     timeframe: str | None = Field(default=None, max_length=200)
 
