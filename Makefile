@@ -33,7 +33,7 @@ bench: install
 
 ## The long reliability runs: schemathesis with 200 examples per operation.
 check-reliability: install
-	FUZZ_EXAMPLES=200 $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
+	FUZZ_EXAMPLES=200 FUZZ_SEED= $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
 
 lint: install
 	$(VENV)/bin/ruff check src tests alembic bench examples
