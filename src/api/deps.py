@@ -416,9 +416,7 @@ async def _get_or_create_session(
     created, token = await sessions.create_session(client_ip=client_ip)
     set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
     resolved: ResolvedSession = {**created, "expiry_extended": False}
-    return SessionContext(
-        session_id=UUID(created["id"]), session_token=token, session=resolved, created=True
-    )
+    return SessionContext(session_id=UUID(created["id"]), session_token=token, session=resolved)
 
 
 # --- ownership ----------------------------------------------------------------------------

@@ -25,7 +25,6 @@ class SessionContext:
     session_id: UUID
     session_token: str
     session: ResolvedSession
-    created: bool = False
 
 
 @dataclass(frozen=True, slots=True)
