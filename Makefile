@@ -1,34 +1,45 @@
 # Everything a fresh machine (Python 3.11+, Node/npm) needs goes through these targets.
+# Installs come from the committed uv.lock (`uv sync --frozen`); uv itself is installed
+# with pip into .tools/uv when it is not on PATH.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+# uv's own Python downloads are not reachable everywhere: use the machine's Python.
+export UV_PYTHON_DOWNLOADS := never
+UV ?= $(or $(shell command -v uv 2>/dev/null),.tools/uv/bin/uv)
+# --inexact: `make run` after `make test` keeps the test tools instead of removing them.
+SYNC = $(UV) sync --frozen --inexact --quiet --python $(PYTHON)
+SOURCES = src tests bench examples
 
-.PHONY: install run test lint format bench check-reliability demo clean
+.PHONY: install run test lint format bench check-reliability demo lock clean
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	touch $@
+.tools/uv/bin/uv:
+	$(PYTHON) -m venv .tools/uv
+	.tools/uv/bin/python -m pip install --quiet 'uv>=0.9'
 
-install: $(VENV)/.installed
+## The virtual environment with the test and lint tools, from uv.lock.
+install: $(UV)
+	$(SYNC) --extra dev
 
 ## Set up everything and serve the API on 127.0.0.1:$(PORT) with a local data plane.
-run: install
-	LOCAL_MODE=true SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} $(PY) -m src serve
+run: $(UV)
+	$(SYNC) --extra local
+	LOCAL_MODE=true SESSION_COOKIE_SECURE=$${SESSION_COOKIE_SECURE:-false} $(VENV)/bin/autopilot-api serve
 
 ## Set up everything and run the test suite (it starts its own data plane).
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## The API and the demo SPA on another origin (http://127.0.0.1:5173), with a dev token.
-demo: install
+demo: $(UV)
+	$(SYNC) --extra local
 	$(PY) -m examples.demo
 
 ## Benchmark the service against its data plane (installs wrk and matplotlib); see bench/run.py.
-bench: install
+bench: $(UV)
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk) >/dev/null
-	$(PY) -m pip install --quiet -e '.[bench]'
+	$(SYNC) --extra dev --extra bench
 	$(PY) -m bench.run
 
 ## The long reliability runs: schemathesis with 200 examples per operation.
@@ -36,13 +47,17 @@ check-reliability: install
 	FUZZ_EXAMPLES=200 FUZZ_SEED= $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
 
 lint: install
-	$(VENV)/bin/ruff check src tests alembic bench examples
-	$(VENV)/bin/ruff format --check src tests alembic bench examples
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
 	$(VENV)/bin/mypy
 
 format: install
-	$(VENV)/bin/ruff format src tests alembic bench examples
-	$(VENV)/bin/ruff check --fix src tests alembic bench examples
+	$(VENV)/bin/ruff format $(SOURCES)
+	$(VENV)/bin/ruff check --fix $(SOURCES)
+
+## Re-resolve uv.lock from PyPI after a change to pyproject.toml's dependencies.
+lock: $(UV)
+	$(UV) lock --default-index https://pypi.org/simple
 
 clean:
 	rm -rf $(VENV) .local .tools

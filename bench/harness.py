@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from src.local.dataplane import LocalDataPlane
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.processes import ServiceProcess, start_service
 
 

@@ -31,9 +31,9 @@ from typing import Any
 import httpx
 import psycopg
 
+from autopilot_api.core.config import PROJECT_ROOT
+from autopilot_api.local.dataplane import LocalDataPlane
 from bench.stream_ttfb import measure as measure_ttfb
-from src.core.config import PROJECT_ROOT
-from src.local.dataplane import LocalDataPlane
 from tests.fixtures.factories import SPA_ORIGIN
 from tests.fixtures.fake_openai import FakeOpenAIServer
 from tests.fixtures.processes import ServiceProcess, start_service

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from src.local.dataplane import LocalDataPlane
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.factories import SPA_ORIGIN
 from tests.fixtures.fake_openai import FakeOpenAIServer
 from tests.fixtures.processes import start_service

@@ -32,7 +32,7 @@ def main() -> int:
         "CORS_ORIGINS": spa_origin,
         "PORT": str(API_PORT),
     }
-    api = subprocess.Popen([sys.executable, "-m", "src", "serve"], env=env)
+    api = subprocess.Popen([sys.executable, "-m", "autopilot_api", "serve"], env=env)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SPA_DIR))
     spa = http.server.ThreadingHTTPServer(("127.0.0.1", SPA_PORT), handler)
     threading.Thread(target=spa.serve_forever, daemon=True).start()
@@ -45,7 +45,7 @@ def main() -> int:
                 pass
             time.sleep(0.2)
         token = subprocess.run(
-            [sys.executable, "-m", "src", "token"],
+            [sys.executable, "-m", "autopilot_api", "token"],
             env=env,
             capture_output=True,
             text=True,

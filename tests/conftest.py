@@ -12,9 +12,9 @@ import pytest_asyncio
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from src.core.config import Settings
-from src.local.dataplane import LocalDataPlane, LocalDataPlaneInfo
-from src.main import create_app
+from autopilot_api.core.config import Settings
+from autopilot_api.local.dataplane import LocalDataPlane, LocalDataPlaneInfo
+from autopilot_api.main import create_app
 from tests.fixtures.factories import SPA_ORIGIN
 
 pytest_plugins = [

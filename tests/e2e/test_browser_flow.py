@@ -16,10 +16,10 @@ import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from src.core.config import PROJECT_ROOT
-from src.core.security import mint_user_token
-from src.local.dataplane import LocalDataPlane, free_port
-from src.services.extraction_constants import QUESTION_KEYS_IN_ORDER
+from autopilot_api.core.config import PROJECT_ROOT
+from autopilot_api.core.security import mint_user_token
+from autopilot_api.local.dataplane import LocalDataPlane, free_port
+from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.fixtures.processes import ServiceProcess, start_service
 
 SPA_DIR = PROJECT_ROOT / "examples" / "spa"

@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from fastapi import FastAPI
 
-from src.core.config import Settings
-from src.core.security import mint_user_token
-from src.local.dataplane import LocalDataPlane
+from autopilot_api.core.config import Settings
+from autopilot_api.core.security import mint_user_token
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.conftest import browser_client, plane_info
 from tests.fixtures.factories import TestUser, answer, make_user, start_session
 

@@ -14,9 +14,9 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
-from src.core.config import Settings
-from src.local.dataplane import LocalDataPlane
-from src.services.extraction_constants import QUESTION_KEYS_IN_ORDER
+from autopilot_api.core.config import Settings
+from autopilot_api.local.dataplane import LocalDataPlane
+from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.conftest import browser_client, make_settings, running_app
 from tests.fixtures.factories import SPA_ORIGIN, answer, make_user, start_session
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply

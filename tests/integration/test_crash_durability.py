@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from src.local.dataplane import LocalDataPlane
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.conftest import browser_client, make_settings, running_app
 from tests.fixtures.factories import answer, start_session
 

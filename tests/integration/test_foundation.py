@@ -8,8 +8,8 @@ import httpx
 import psycopg
 import pytest
 
-from src.db.migrations import MIGRATIONS_DIR, PROJECT_ROOT, upgrade_database
-from src.local.dataplane import LocalDataPlane
+from autopilot_api.db.migrations import ALEMBIC_DIR, MIGRATIONS_DIR, upgrade_database
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.conftest import plane_info
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
@@ -120,9 +120,7 @@ class TestMigrations:
         assert _catalog_snapshot(url) == before
 
     def test_every_sql_file_has_an_alembic_revision(self) -> None:
-        revisions = "\n".join(
-            path.read_text() for path in (PROJECT_ROOT / "alembic" / "versions").glob("*.py")
-        )
+        revisions = "\n".join(path.read_text() for path in (ALEMBIC_DIR / "versions").glob("*.py"))
         files = sorted(path.name for path in MIGRATIONS_DIR.glob("*.sql"))
         assert files
         for name in files:

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from src.core.config import PROJECT_ROOT, Settings
-from src.local.dataplane import LocalDataPlane
+from autopilot_api.core.config import PROJECT_ROOT, Settings
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.factories import SPA_ORIGIN, make_user
 from tests.fixtures.processes import ServiceProcess, start_service
 

@@ -12,8 +12,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from src.core.config import Settings
-from src.local.dataplane import LocalDataPlane
+from autopilot_api.core.config import Settings
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.factories import SPA_ORIGIN, answer, make_user, start_session
 from tests.fixtures.processes import ServiceProcess, start_service
 from tests.fixtures.sse import collect, sse_messages

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from src.core.config import Settings
-from src.local.dataplane import LocalDataPlane
-from src.services.extraction_constants import QUESTION_KEYS_IN_ORDER
+from autopilot_api.core.config import Settings
+from autopilot_api.local.dataplane import LocalDataPlane
+from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.fixtures.factories import SPA_ORIGIN, make_user
 from tests.fixtures.processes import ServiceProcess, start_service
 

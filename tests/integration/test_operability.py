@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from src.local.dataplane import LocalDataPlane
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.factories import SPA_ORIGIN
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply
 from tests.fixtures.processes import ServiceProcess, start_service

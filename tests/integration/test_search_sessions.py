@@ -11,7 +11,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from src.core.config import Settings
+from autopilot_api.core.config import Settings
 from tests.fixtures.factories import SPA_ORIGIN, make_user, start_session
 from tests.fixtures.processes import ServiceProcess
 

@@ -12,14 +12,18 @@ import pytest
 import pytest_asyncio
 from supabase import AsyncClient
 
-from src.core.config import Settings
-from src.core.errors import SessionNotFoundError
-from src.core.supabase import close_supabase_client, create_supabase_client, endpoint_from_settings
-from src.services.conversation_service import ConversationService
-from src.services.discovery_profile_service import DiscoveryProfileService
-from src.services.event_bus import InProcessEventBus
-from src.services.rate_limiter import InMemoryRateLimiter
-from src.services.session_service import SessionService
+from autopilot_api.core.config import Settings
+from autopilot_api.core.errors import SessionNotFoundError
+from autopilot_api.core.supabase import (
+    close_supabase_client,
+    create_supabase_client,
+    endpoint_from_settings,
+)
+from autopilot_api.services.conversation_service import ConversationService
+from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
+from autopilot_api.services.event_bus import InProcessEventBus
+from autopilot_api.services.rate_limiter import InMemoryRateLimiter
+from autopilot_api.services.session_service import SessionService
 from tests.fixtures.factories import make_user, start_session
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")

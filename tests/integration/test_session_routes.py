@@ -10,8 +10,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from src.core.config import Settings
-from src.local.dataplane import LocalDataPlane
+from autopilot_api.core.config import Settings
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.conftest import browser_client, make_settings, running_app
 from tests.fixtures.factories import answer, start_session
 

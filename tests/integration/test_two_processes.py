@@ -10,8 +10,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from src.core.config import Settings
-from src.services.extraction_constants import QUESTION_KEYS_IN_ORDER
+from autopilot_api.core.config import Settings
+from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.fixtures.factories import SPA_ORIGIN, make_user
 from tests.fixtures.processes import ServiceProcess
 

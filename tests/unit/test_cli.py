@@ -9,12 +9,12 @@ import uuid
 import pytest
 from jose import jwt
 
-from src.core.config import PROJECT_ROOT
+from autopilot_api.core.config import PROJECT_ROOT
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "src", *args],
+        [sys.executable, "-m", "autopilot_api", *args],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

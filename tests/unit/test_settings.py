@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from src.core.config import PROJECT_ROOT, Settings, SettingsError, load_settings
+from autopilot_api.core.config import PROJECT_ROOT, Settings, SettingsError, load_settings
 
 
 def _settings(**values: object) -> Settings:
@@ -96,13 +96,13 @@ class TestEnvExample:
 
 class TestReadmeTable:
     def test_readme_configuration_table_matches_settings(self) -> None:
-        from src.core.settings_doc import README, readme_with_table
+        from autopilot_api.core.settings_doc import README, readme_with_table
 
         text = README.read_text()
         assert readme_with_table(text) == text, "run: python -m src.core.settings_doc"
 
     def test_table_lists_every_setting(self) -> None:
-        from src.core.settings_doc import settings_table
+        from autopilot_api.core.settings_doc import settings_table
 
         table = settings_table()
         for name in Settings.model_fields:

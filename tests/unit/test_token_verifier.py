@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwt
 
-from src.core.errors import TemporaryError, UnauthorizedError
-from src.core.security import (
+from autopilot_api.core.errors import TemporaryError, UnauthorizedError
+from autopilot_api.core.security import (
     AuthUnavailableError,
     InvalidTokenError,
     TokenVerifier,

@@ -1,0 +1,467 @@
+"""Dependencies: thin readers of the lifespan state, identity resolution, cookie helpers,
+and the service providers. Routes use the `Annotated` aliases defined here, never an
+inline `Depends()`.
+
+Every dependency is `async def`, even when it does not await: FastAPI runs a plain
+`def` dependency in the thread pool, which costs more than the work itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from fastapi import Depends, Header, Path, Request, Response
+from supabase import AsyncClient
+
+from autopilot_api.core.config import Settings
+from autopilot_api.core.errors import (
+    CsrfOriginRejectedError,
+    ForbiddenError,
+    UnauthorizedError,
+)
+from autopilot_api.core.request_context import clear_cookie_var
+from autopilot_api.core.security import TokenVerifier
+from autopilot_api.core.state import AppState
+from autopilot_api.models.auth import AuthContext, Owner, SessionContext, UserContext
+from autopilot_api.models.conversation import Conversation
+from autopilot_api.models.session import ResolvedSession
+from autopilot_api.services.admin_service import AdminService
+from autopilot_api.services.agent_service import AgentService
+from autopilot_api.services.chat_service import ChatService
+from autopilot_api.services.conversation_service import ConversationService
+from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
+from autopilot_api.services.event_service import EventService
+from autopilot_api.services.health_service import HealthService
+from autopilot_api.services.profile_extraction_service import ProfileExtractionService
+from autopilot_api.services.rate_limiter import RateLimiter
+from autopilot_api.services.search_session_service import SearchSessionService
+from autopilot_api.services.session_service import SessionService
+
+__all__ = [
+    "SESSION_COOKIE_CONFIG",
+    "AuthContext",
+    "SessionContext",
+    "UserContext",
+    "clear_session_cookie",
+    "get_current_user",
+    "get_current_user_or_session",
+    "get_session_cookie",
+    "set_session_cookie",
+]
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+UNMATCHABLE_VERSION = -1
+
+# The attributes that never change; name, Secure and SameSite come from Settings.
+SESSION_COOKIE_CONFIG: dict[str, Any] = {"httponly": True, "path": "/"}
+
+
+# --- lifespan state -----------------------------------------------------------------------
+async def get_app_state(request: Request) -> AppState:
+    state: AppState = request.state.app_state
+    return state
+
+
+AppStateDep = Annotated[AppState, Depends(get_app_state)]
+
+
+async def get_settings_dep(state: AppStateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
+
+
+async def get_supabase(state: AppStateDep) -> AsyncClient:
+    return state.supabase
+
+
+SupabaseDep = Annotated[AsyncClient, Depends(get_supabase)]
+
+
+async def get_token_verifier(state: AppStateDep) -> TokenVerifier:
+    return state.token_verifier
+
+
+TokenVerifierDep = Annotated[TokenVerifier, Depends(get_token_verifier)]
+
+
+async def get_rate_limiter(state: AppStateDep) -> RateLimiter:
+    return state.rate_limiter
+
+
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
+
+
+# --- services -----------------------------------------------------------------------------
+async def get_health_service(supabase: SupabaseDep) -> HealthService:
+    return HealthService(supabase)
+
+
+HealthServiceDep = Annotated[HealthService, Depends(get_health_service)]
+
+
+# Service construction reads the lifespan state directly: every dependency node costs
+# FastAPI tens of microseconds per request, and these sit on the hot path.
+def discovery_profile_service(state: AppState) -> DiscoveryProfileService:
+    return DiscoveryProfileService(state.supabase, bus=state.bus)
+
+
+def session_service(state: AppState) -> SessionService:
+    return SessionService(
+        state.supabase,
+        state.settings,
+        profiles=discovery_profile_service(state),
+        rate_limiter=state.rate_limiter,
+        bus=state.bus,
+    )
+
+
+async def get_discovery_profile_service(state: AppStateDep) -> DiscoveryProfileService:
+    return discovery_profile_service(state)
+
+
+DiscoveryProfileServiceDep = Annotated[
+    DiscoveryProfileService, Depends(get_discovery_profile_service)
+]
+
+
+async def get_session_service(state: AppStateDep) -> SessionService:
+    return session_service(state)
+
+
+SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
+
+
+async def get_conversation_service(supabase: SupabaseDep) -> ConversationService:
+    return ConversationService(supabase)
+
+
+ConversationServiceDep = Annotated[ConversationService, Depends(get_conversation_service)]
+
+
+async def get_agent_service(
+    state: AppStateDep, sessions: SessionServiceDep, profiles: DiscoveryProfileServiceDep
+) -> AgentService:
+    return AgentService(state.openai, state.settings, sessions=sessions, profiles=profiles)
+
+
+AgentServiceDep = Annotated[AgentService, Depends(get_agent_service)]
+
+
+async def get_profile_extraction_service(state: AppStateDep) -> ProfileExtractionService:
+    return ProfileExtractionService(state.openai, state.settings, state.supabase, bus=state.bus)
+
+
+ProfileExtractionServiceDep = Annotated[
+    ProfileExtractionService, Depends(get_profile_extraction_service)
+]
+
+
+async def get_chat_service(
+    state: AppStateDep,
+    conversations: ConversationServiceDep,
+    agent: AgentServiceDep,
+    profiles: DiscoveryProfileServiceDep,
+) -> ChatService:
+    return ChatService(
+        state.settings,
+        conversations=conversations,
+        agent=agent,
+        profiles=profiles,
+        rate_limiter=state.rate_limiter,
+    )
+
+
+ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
+
+
+async def get_event_service(state: AppStateDep) -> EventService:
+    return EventService(state.supabase, state.settings, bus=state.bus)
+
+
+EventServiceDep = Annotated[EventService, Depends(get_event_service)]
+
+
+async def get_admin_service(state: AppStateDep) -> AdminService:
+    return AdminService(state.supabase, state.settings)
+
+
+AdminServiceDep = Annotated[AdminService, Depends(get_admin_service)]
+
+
+# --- client address -----------------------------------------------------------------------
+def _is_trusted_proxy(host: str, settings: Settings) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in network for network in settings.trusted_proxy_networks)
+
+
+async def get_client_ip(request: Request, settings: SettingsDep) -> str:
+    """The peer address; forwarding headers count only when the peer is a trusted proxy."""
+    peer = request.client.host if request.client else "unknown"
+    if not settings.trusted_proxy_networks or not _is_trusted_proxy(peer, settings):
+        return peer
+    forwarded = request.headers.get("x-forwarded-for", "")
+    hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted_proxy(hop, settings):
+            return hop
+    return hops[0] if hops else peer
+
+
+ClientIpDep = Annotated[str, Depends(get_client_ip)]
+
+
+# --- cookies ------------------------------------------------------------------------------
+def get_session_cookie(request: Request, settings: Settings) -> str | None:
+    return request.cookies.get(settings.session_cookie_name) or None
+
+
+def _remaining_seconds(expires_at: str) -> int:
+    expiry = datetime.fromisoformat(expires_at)
+    return max(int((expiry - datetime.now(UTC)).total_seconds()), 0)
+
+
+def set_session_cookie(
+    response: Response, settings: Settings, *, token: str, expires_at: str
+) -> None:
+    """Set (or re-issue) the cookie; Max-Age is the session's remaining lifetime."""
+    response.set_cookie(
+        key=settings.session_cookie_name,
+        value=token,
+        max_age=_remaining_seconds(expires_at),
+        secure=settings.session_cookie_secure,
+        samesite=settings.session_cookie_samesite,
+        **SESSION_COOKIE_CONFIG,
+    )
+
+
+def clear_session_cookie(response: Response, settings: Settings) -> None:
+    response.delete_cookie(
+        key=settings.session_cookie_name,
+        secure=settings.session_cookie_secure,
+        samesite=settings.session_cookie_samesite,
+        **SESSION_COOKIE_CONFIG,
+    )
+
+
+def _clear_cookie_everywhere(response: Response, settings: Settings) -> None:
+    # Also on error responses: the error handler reads this flag.
+    clear_session_cookie(response, settings)
+    clear_cookie_var.set(True)
+
+
+# --- CSRF ---------------------------------------------------------------------------------
+def check_csrf_origin(request: Request, settings: Settings) -> None:
+    """Cookie-authenticated writes must come from our own origin or a listed one."""
+    origin = request.headers.get("origin")
+    own_origin = f"{request.url.scheme}://{request.url.netloc}"
+    if origin is None or (origin != own_origin and origin not in settings.cors_origins):
+        raise CsrfOriginRejectedError()
+
+
+# --- identity -----------------------------------------------------------------------------
+def _bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise UnauthorizedError(
+            "The Authorization header must be 'Bearer <access token>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return credentials.strip()
+
+
+async def _verify_user(token: str, verifier: TokenVerifier) -> UserContext:
+    verified = await verifier.verify(token)
+    return UserContext(
+        id=verified.user_id,
+        email=verified.email,
+        is_anonymous=verified.is_anonymous,
+        app_role=verified.app_role,
+    )
+
+
+async def get_current_user(request: Request, verifier: TokenVerifierDep) -> UserContext:
+    """A verified Supabase user; 401 without a valid bearer token."""
+    token = _bearer_token(request)
+    if token is None:
+        raise UnauthorizedError(
+            "This endpoint needs 'Authorization: Bearer <access token>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return await _verify_user(token, verifier)
+
+
+CurrentUser = Annotated[UserContext, Depends(get_current_user)]
+
+
+async def get_current_admin(user: CurrentUser) -> UserContext:
+    if not user.is_admin:
+        raise ForbiddenError("Administrators only.")
+    return user
+
+
+CurrentAdmin = Annotated[UserContext, Depends(get_current_admin)]
+
+
+async def get_current_user_or_session(request: Request, response: Response) -> AuthContext:
+    """Bearer (invalid → 401, no fallback), else a valid session cookie, else nothing.
+
+    An unknown, expired or claimed cookie is treated as absent and cleared. Reads never
+    create anything. (Reads the lifespan state itself: this runs on every request.)
+    """
+    state: AppState = request.state.app_state
+    settings, verifier = state.settings, state.token_verifier
+    token = _bearer_token(request)
+    if token is not None:
+        # A signed-in caller is the user alone; the cookie only matters to the claim.
+        return AuthContext(user=await _verify_user(token, verifier))
+    if request.method not in SAFE_METHODS:
+        check_csrf_origin(request, settings)
+
+    session_context: SessionContext | None = None
+    cookie = get_session_cookie(request, settings)
+    if cookie is not None:
+        resolved = await session_service(state).get_session_by_token(token=cookie)
+        if resolved is None:
+            _clear_cookie_everywhere(response, settings)
+        else:
+            session_context = SessionContext(
+                session_id=UUID(resolved["id"]), session_token=cookie, session=resolved
+            )
+            if resolved.get("expiry_extended"):
+                set_session_cookie(
+                    response, settings, token=cookie, expires_at=resolved["expires_at"]
+                )
+    return AuthContext(session=session_context)
+
+
+CurrentAuth = Annotated[AuthContext, Depends(get_current_user_or_session)]
+
+
+async def get_session_cookie_for_write(request: Request) -> str | None:
+    """The raw cookie of a cookie-authenticated write, unresolved (the write resolves it
+    in the same round trip). CSRF-checked; a bearer caller has no session cookie here."""
+    state: AppState = request.state.app_state
+    token = _bearer_token(request)
+    if token is not None:
+        await _verify_user(token, state.token_verifier)
+        return None
+    check_csrf_origin(request, state.settings)
+    return get_session_cookie(request, state.settings)
+
+
+SessionCookieForWrite = Annotated[str | None, Depends(get_session_cookie_for_write)]
+
+
+# --- conditional requests -----------------------------------------------------------------
+def etag_for(version: int) -> str:
+    return f'"v{version}"'
+
+
+async def get_if_match(
+    if_match: Annotated[
+        str | None,
+        Header(
+            description='Optional: the ETag you read ("v<version>"), or *; stale → 412.',
+            pattern=r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$',
+        ),
+    ] = None,
+) -> int | Literal["*"] | None:
+    """The version the client expects, '*' for any, or None when not given."""
+    if if_match is None:
+        return None
+    candidates = [part.strip() for part in if_match.split(",") if part.strip()]
+    if "*" in candidates:
+        return "*"
+    for candidate in candidates:
+        tag = candidate.removeprefix("W/")
+        if tag.startswith('"v') and tag.endswith('"') and tag[2:-1].isdigit():
+            return int(tag[2:-1])
+    # A tag this resource never had: the write fails with 412 once the body is validated.
+    return UNMATCHABLE_VERSION
+
+
+IfMatchDep = Annotated[int | Literal["*"] | None, Depends(get_if_match)]
+
+
+def expected_version(if_match: int | Literal["*"] | None) -> int | None:
+    return None if if_match in (None, "*") else int(if_match)
+
+
+def set_etag(response: Response, row: Mapping[str, Any]) -> None:
+    response.headers["ETag"] = etag_for(int(row["version"]))
+
+
+async def _get_or_create_session(
+    auth: AuthContext,
+    response: Response,
+    settings: Settings,
+    sessions: SessionService,
+    client_ip: str,
+) -> SessionContext:
+    """The caller's session; a write with none creates it (rate-limited) and sets the cookie."""
+    if auth.session is not None:
+        return auth.session
+    created, token = await sessions.create_session(client_ip=client_ip)
+    set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
+    resolved: ResolvedSession = {**created, "expiry_extended": False}
+    return SessionContext(session_id=UUID(created["id"]), session_token=token, session=resolved)
+
+
+# --- ownership ----------------------------------------------------------------------------
+async def owned_conversation(
+    conversation_id: Annotated[UUID, Path(description="The conversation's id.")],
+    auth: CurrentAuth,
+    conversations: ConversationServiceDep,
+) -> Conversation:
+    """The conversation, if the caller (user or session) owns it; anyone else gets 404."""
+    return await conversations.get_owned(conversation_id=conversation_id, auth=auth)
+
+
+OwnedConversation = Annotated[Conversation, Depends(owned_conversation)]
+
+
+async def get_write_owner(
+    request: Request,
+    response: Response,
+    auth: CurrentAuth,
+    settings: SettingsDep,
+    sessions: SessionServiceDep,
+    client_ip: ClientIpDep,
+) -> Owner:
+    """A signed-in user owns what they create; otherwise the session (created if needed)."""
+    if auth.user is not None:
+        return Owner(user_id=auth.user.id, session_id=None)
+    session = await _get_or_create_session(auth, response, settings, sessions, client_ip)
+    return Owner(user_id=None, session_id=session.session_id)
+
+
+WriteOwnerDep = Annotated[Owner, Depends(get_write_owner)]
+
+
+async def get_read_owner(auth: CurrentAuth) -> Owner:
+    """The caller as an owner for reads: nothing is created."""
+    if auth.user is not None:
+        return Owner(user_id=auth.user.id, session_id=None)
+    return Owner(user_id=None, session_id=auth.session.session_id if auth.session else None)
+
+
+ReadOwnerDep = Annotated[Owner, Depends(get_read_owner)]
+
+
+async def get_search_session_service(supabase: SupabaseDep) -> SearchSessionService:
+    return SearchSessionService(supabase)
+
+
+SearchSessionServiceDep = Annotated[SearchSessionService, Depends(get_search_session_service)]

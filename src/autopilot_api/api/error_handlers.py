@@ -1,0 +1,119 @@
+"""One place that turns every failure into the JSON error envelope."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+
+from autopilot_api.core.errors import AppError, ErrorCategory, InternalError, error_envelope
+from autopilot_api.core.request_context import clear_cookie_var, request_id_var
+from autopilot_api.core.supabase import data_plane_error, is_transient
+
+logger = logging.getLogger("autopilot_api.errors")
+
+_HTTP_CODES: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "The request is malformed."),
+    401: ("unauthorized", "Authentication is required."),
+    403: ("forbidden", "You are not allowed to do this."),
+    404: ("not_found", "No such resource."),
+    405: ("method_not_allowed", "This method is not allowed on this resource."),
+    406: ("not_acceptable", "The requested representation is not available."),
+    413: ("payload_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "The request body must be JSON."),
+}
+
+
+def render(error: AppError) -> JSONResponse:
+    return JSONResponse(error.envelope(), status_code=error.status_code, headers=error.headers)
+
+
+def _with_cookie_clearing(request: Request, response: JSONResponse) -> JSONResponse:
+    # Identity resolution found a dead session cookie: clear it on error responses too.
+    if clear_cookie_var.get():
+        from autopilot_api.api.deps import clear_session_cookie
+
+        clear_session_cookie(response, request.state.app_state.settings)
+    return response
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    if exc.status_code >= 500:
+        logger.warning("%s: %s", exc.code, exc.message)
+    return _with_cookie_clearing(request, render(exc))
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path supports (Starlette names only the first matching route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's "could not parse the body" (not JSON, not UTF-8): a validation error.
+        return JSONResponse(
+            error_envelope("validation_error", "The body is not valid JSON.", "user_fixable"),
+            status_code=422,
+        )
+    code, message = _HTTP_CODES.get(exc.status_code, ("http_error", "The request failed."))
+    category: ErrorCategory = "temporary" if exc.status_code >= 500 else "user_fixable"
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return JSONResponse(
+        error_envelope(code, message, category), status_code=exc.status_code, headers=headers
+    )
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    details = []
+    for error in exc.errors():
+        details.append(
+            {
+                "loc": [str(part) for part in error.get("loc", ())],
+                "msg": str(error.get("msg", "")),
+                "type": str(error.get("type", "")),
+            }
+        )
+    return details
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return JSONResponse(
+        error_envelope(
+            "validation_error",
+            "The request is not valid; see details.",
+            "user_fixable",
+            _validation_details(exc),
+        ),
+        status_code=422,
+    )
+
+
+def unhandled_error_response(exc: Exception) -> JSONResponse:
+    """503 for a data-plane outage, else a logged 500 that names the request id."""
+    if is_transient(exc):
+        return render(data_plane_error(exc))
+    logger.error(
+        "unhandled %s (request_id=%s)", type(exc).__name__, request_id_var.get(), exc_info=exc
+    )
+    error = InternalError(details={"requestId": request_id_var.get()})
+    return render(error)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

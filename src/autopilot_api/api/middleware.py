@@ -1,0 +1,131 @@
+"""Pure ASGI middleware (no per-request BaseHTTPMiddleware overhead on the hot path)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from autopilot_api.api.error_handlers import unhandled_error_response
+from autopilot_api.core.metrics import REQUEST_SECONDS, REQUESTS
+from autopilot_api.core.request_context import clear_cookie_var, request_id_var
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+access_logger = logging.getLogger("autopilot_api.access")
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's full template (e.g. /api/v1/conversations/{conversation_id}),
+    never the raw path: ids, and random 404 paths, would explode the label set."""
+    if "route" not in scope:
+        return "unmatched"
+    # FastAPI keeps the prefixed template of an included router's route here.
+    context = scope.get("fastapi", {}).get("effective_route_context")
+    template = getattr(context, "path_format", None) or getattr(scope["route"], "path", "")
+    return str(template) or "unmatched"
+
+
+class RequestIdMiddleware:
+    """Accepts a sane `X-Request-ID` or makes one; returns it and puts it in the logs.
+
+    It also answers an exception nothing else handled (envelope, request id, no trace),
+    so even a 500 carries the id it was logged under, and writes the one access line per
+    request: the path without its query string (tickets travel there) and no headers.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                break
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        cookie_token = clear_cookie_var.set(False)
+        header = (b"x-request-id", request_id.encode("latin-1"))
+
+        response_started = False
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal response_started, status
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if response_started:
+                raise
+            await unhandled_error_response(exc)(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            template = _route_template(scope)
+            REQUESTS.labels(scope["method"], template, str(status)).inc()
+            REQUEST_SECONDS.labels(template).observe(elapsed)
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
+            request_id_var.reset(token)
+            clear_cookie_var.reset(cookie_token)
+
+
+class BodySizeLimitMiddleware:
+    """Refuses bodies over the limit, by Content-Length and while reading chunked bodies.
+
+    The 413 is raised as an HTTPException from inside `receive`, so it happens in the
+    route's body parsing and is rendered by the app's one error handler.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared_too_large = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared_too_large = int(value) > limit
+                except ValueError:
+                    declared_too_large = False
+                break
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            if declared_too_large:
+                raise StarletteHTTPException(status_code=413)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise StarletteHTTPException(status_code=413)
+            return message
+
+        await self.app(scope, limited_receive, send)

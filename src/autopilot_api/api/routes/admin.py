@@ -1,0 +1,56 @@
+"""/api/v1/admin: live sessions at a glance, and cleanup on demand (admins only)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from autopilot_api.api.deps import AdminServiceDep, CurrentAdmin, SessionServiceDep, SettingsDep
+from autopilot_api.schemas.admin import (
+    AdminSessionRow,
+    AdminSessionsPublic,
+    CleanupResult,
+    SessionTotals,
+)
+from autopilot_api.schemas.common import error_responses
+
+router = APIRouter(tags=["admin"])
+
+
+@router.get(
+    "/sessions",
+    summary="Session totals and a page of sessions (no tokens, no answers)",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 422, 503),
+)
+async def list_sessions(
+    _: CurrentAdmin,
+    admin: AdminServiceDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> AdminSessionsPublic:
+    """Totals by phase and status, active in the last minutes, newest activity first."""
+    totals = await admin.session_overview()
+    rows, next_cursor = await admin.list_sessions(limit=limit, cursor=cursor)
+    return AdminSessionsPublic(
+        totals=SessionTotals.model_validate(totals),
+        sessions=[AdminSessionRow.model_validate(row) for row in rows],
+        next_cursor=next_cursor,
+    )
+
+
+@router.post(
+    "/sessions/cleanup",
+    summary="Delete expired, unclaimed sessions now",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 503),
+)
+async def cleanup_sessions(
+    _: CurrentAdmin, sessions: SessionServiceDep, settings: SettingsDep
+) -> CleanupResult:
+    """Runs the batched cleanup to the end; returns how many sessions were deleted."""
+    deleted = await sessions.cleanup_expired_sessions(
+        batch_size=settings.session_cleanup_batch_size
+    )
+    return CleanupResult(deleted=deleted)

@@ -1,0 +1,179 @@
+"""/api/v1/conversations: chat with the agent, owned by the user or the session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, status
+
+from autopilot_api.api.deps import (
+    ChatServiceDep,
+    ConversationServiceDep,
+    CurrentAuth,
+    OwnedConversation,
+    ProfileExtractionServiceDep,
+    WriteOwnerDep,
+)
+from autopilot_api.api.sse import DisconnectAwareEventSourceResponse, sse_event
+from autopilot_api.models.auth import AuthContext
+from autopilot_api.models.conversation import Conversation
+from autopilot_api.schemas.common import error_responses
+from autopilot_api.schemas.conversation import (
+    ChatTurnPublic,
+    ConversationCreate,
+    ConversationPublic,
+    ConversationWithMessages,
+    MessageCreate,
+    MessagePublic,
+)
+from autopilot_api.services.chat_service import StreamEvent
+from autopilot_api.services.profile_extraction_service import ProfileExtractionService
+
+router = APIRouter(tags=["conversations"])
+
+_SSE_DOC = {
+    "description": "With `Accept: text/event-stream`: `start`, `delta` ({text}) events, "
+    "then `done` ({message}) or `error` (the error envelope).",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
+
+@router.post(
+    "",
+    summary="Start a conversation",
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(401, 403, 413, 422, 429, 503),
+)
+async def create_conversation(
+    owner: WriteOwnerDep,
+    conversations: ConversationServiceDep,
+    body: ConversationCreate | None = None,
+) -> ConversationPublic:
+    """Owned by the signed-in user, else by the session (created, with its cookie, if needed)."""
+    row = await conversations.create_conversation(
+        user_id=owner.user_id, session_id=owner.session_id, title=body.title if body else None
+    )
+    return ConversationPublic.from_row(row)
+
+
+@router.get(
+    "",
+    summary="The caller's conversations",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 503),
+)
+async def list_conversations(
+    auth: CurrentAuth,
+    conversations: ConversationServiceDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+) -> list[ConversationPublic]:
+    """Most recently active first; empty for a caller with no session."""
+    rows = await conversations.list_conversations(auth=auth, limit=limit)
+    return [ConversationPublic.from_row(row) for row in rows]
+
+
+@router.get(
+    "/{conversation_id}",
+    summary="A conversation with a page of its messages",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 404, 422, 503),
+)
+async def get_conversation(
+    conversation: OwnedConversation,
+    conversations: ConversationServiceDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    before: Annotated[
+        str | None,
+        Query(
+            description="nextBefore of the previous page (an ISO 8601 timestamp).",
+            pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$",
+        ),
+    ] = None,
+) -> ConversationWithMessages:
+    """The newest page first (oldest-first within it); page back with `before`."""
+    messages, next_before = await conversations.get_messages_page(
+        conversation_id=UUID(conversation["id"]),
+        limit=limit,
+        before=before,
+    )
+    return ConversationWithMessages(
+        **ConversationPublic.from_row(conversation).model_dump(),
+        messages=[MessagePublic.from_row(m) for m in messages],
+        next_before=next_before,
+    )
+
+
+def _schedule_extraction(
+    background: BackgroundTasks,
+    extraction: ProfileExtractionService,
+    conversation: Conversation,
+    auth: AuthContext,
+    message_id: str,
+) -> None:
+    owned_by_user = conversation["user_id"] is not None
+    background.add_task(
+        extraction.run_for_message,
+        conversation_id=UUID(conversation["id"]),
+        message_id=message_id,
+        session_id=None if owned_by_user or auth.session is None else auth.session.session_id,
+        profile_id=auth.user.id if owned_by_user and auth.user else None,
+    )
+
+
+def _wire(event: StreamEvent) -> bytes:
+    data: dict[str, Any] = event.data
+    if "message" in data:
+        message = MessagePublic.from_row(data["message"]).model_dump(mode="json", by_alias=True)
+        data = {**data, "message": message}
+    return sse_event(event.kind, data)
+
+
+@router.post(
+    "/{conversation_id}/messages",
+    summary="Send a message and get the agent's reply (JSON, or streamed as SSE)",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ChatTurnPublic,
+    responses={
+        200: _SSE_DOC,
+        **error_responses(401, 403, 404, 409, 413, 422, 429, 503),
+    },
+)
+async def post_message(
+    body: MessageCreate,
+    request: Request,
+    conversation: OwnedConversation,
+    auth: CurrentAuth,
+    chat: ChatServiceDep,
+    extraction: ProfileExtractionServiceDep,
+    background: BackgroundTasks,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=200, description="A retry with the same key returns the first reply."),
+    ] = None,
+) -> Any:
+    """Stores the message, runs the agent, stores the reply; extraction runs afterwards."""
+    turn = await chat.prepare_turn(
+        conversation=conversation,
+        auth=auth,
+        content=body.content,
+        idempotency_key=idempotency_key,
+    )
+    if turn.replay is None:
+        _schedule_extraction(background, extraction, conversation, auth, turn.user_message["id"])
+
+    if "text/event-stream" in request.headers.get("accept", ""):
+
+        async def events() -> AsyncIterator[bytes]:
+            async for event in chat.stream_reply(conversation=conversation, turn=turn):
+                yield _wire(event)
+
+        return DisconnectAwareEventSourceResponse(events(), background=background)
+
+    result = await chat.reply(conversation=conversation, turn=turn)
+    return ChatTurnPublic(
+        user_message=MessagePublic.from_row(result.user_message),
+        assistant_message=MessagePublic.from_row(result.assistant_message),
+        replayed=result.replayed,
+    )

@@ -1,0 +1,102 @@
+"""/api/v1/discovery: the question catalogue and signed-in users' discovery profiles."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from autopilot_api.api.deps import (
+    CurrentUser,
+    DiscoveryProfileServiceDep,
+    IfMatchDep,
+    SettingsDep,
+    expected_version,
+    set_etag,
+)
+from autopilot_api.schemas.common import error_responses
+from autopilot_api.schemas.discovery import (
+    DiscoveryProfileResponse,
+    DiscoveryProfileUpdate,
+    QuestionPublic,
+    discovery_profile_response,
+)
+from autopilot_api.services.extraction_constants import DISCOVERY_QUESTIONS
+
+router = APIRouter(tags=["discovery"])
+
+_QUESTIONS = [
+    QuestionPublic(
+        id=question.id,
+        key=question.key,
+        label=question.label,
+        group=question.group,
+        kind=question.kind,
+        options=list(question.options),
+        unit=question.unit,
+    )
+    for question in DISCOVERY_QUESTIONS
+]
+
+
+@router.get("/questions", summary="The discovery question catalogue", status_code=200)
+async def list_questions(response: Response) -> list[QuestionPublic]:
+    """Public and cacheable: the SPA and the server share this one list."""
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return _QUESTIONS
+
+
+@router.get(
+    "",
+    summary="The signed-in user's discovery profile",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 503),
+)
+async def get_discovery_profile(
+    user: CurrentUser,
+    response: Response,
+    profiles: DiscoveryProfileServiceDep,
+    settings: SettingsDep,
+) -> DiscoveryProfileResponse:
+    """Created empty on first read."""
+    row = await profiles.get_or_create(user=user)
+    set_etag(response, row)
+    return discovery_profile_response(row, recovery_window_days=settings.recovery_window_days)
+
+
+@router.put(
+    "",
+    summary="Update the signed-in user's discovery profile (answers merge per key)",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 409, 412, 413, 422, 503),
+)
+async def update_discovery_profile(
+    update: DiscoveryProfileUpdate,
+    user: CurrentUser,
+    response: Response,
+    profiles: DiscoveryProfileServiceDep,
+    if_match: IfMatchDep,
+    settings: SettingsDep,
+) -> DiscoveryProfileResponse:
+    """Partial update with optional If-Match (stale → 412)."""
+    row = await profiles.update(
+        user=user, update=update, expected_version=expected_version(if_match)
+    )
+    set_etag(response, row)
+    return discovery_profile_response(row, recovery_window_days=settings.recovery_window_days)
+
+
+@router.post(
+    "/complete",
+    summary="Complete the signed-in user's discovery profile (from the greenlight phase)",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 409, 503),
+)
+async def complete_discovery_profile(
+    user: CurrentUser,
+    response: Response,
+    profiles: DiscoveryProfileServiceDep,
+    settings: SettingsDep,
+) -> DiscoveryProfileResponse:
+    """Only from greenlight (409 completion_not_allowed otherwise); idempotent."""
+    row = await profiles.complete(user=user)
+    set_etag(response, row)
+    return discovery_profile_response(row, recovery_window_days=settings.recovery_window_days)

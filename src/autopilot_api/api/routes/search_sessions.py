@@ -1,0 +1,171 @@
+"""/api/v1/search-sessions: long result lists loaded batch by batch ("load more")."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+
+from autopilot_api.api.deps import ReadOwnerDep, SearchSessionServiceDep, WriteOwnerDep
+from autopilot_api.schemas.common import error_responses
+from autopilot_api.schemas.search_session import (
+    ClearedCount,
+    DiscoveredResult,
+    EmployeeIds,
+    FetchedIds,
+    FetchedResult,
+    NextBatch,
+    SearchSessionCreate,
+    SearchSessionCreated,
+    SearchSessionStats,
+    SearchSessionSummary,
+    UnfetchedIds,
+)
+
+router = APIRouter(tags=["search sessions"])
+
+SearchSessionId = Annotated[str, Path(max_length=64, description="search_<unix seconds>_<8 hex>")]
+
+
+@router.post(
+    "",
+    summary="Start a search session",
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(401, 403, 413, 422, 429, 503),
+)
+async def create_search_session(
+    body: SearchSessionCreate, owner: WriteOwnerDep, searches: SearchSessionServiceDep
+) -> SearchSessionCreated:
+    """Splits the companies into batches and returns the first one."""
+    created = await searches.create(
+        owner=owner,
+        search_query=body.search_query,
+        companies=body.companies,
+        batch_size=body.batch_size,
+    )
+    return SearchSessionCreated.model_validate(created)
+
+
+@router.get(
+    "",
+    summary="The caller's active search sessions",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 422, 503),
+)
+async def list_search_sessions(
+    owner: ReadOwnerDep,
+    searches: SearchSessionServiceDep,
+    limit: Annotated[int, Query(ge=1, le=50)] = 50,
+) -> list[SearchSessionSummary]:
+    """Most recently accessed first, each with a short summary of its query."""
+    rows = await searches.list_active(owner=owner, limit=limit)
+    return [SearchSessionSummary.model_validate(row) for row in rows]
+
+
+@router.delete(
+    "",
+    summary="Clear all of the caller's search sessions",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 503),
+)
+async def clear_all_search_sessions(
+    owner: ReadOwnerDep, searches: SearchSessionServiceDep
+) -> ClearedCount:
+    """Soft clear (they become inactive); returns how many were cleared."""
+    return ClearedCount(cleared=await searches.clear(owner=owner))
+
+
+@router.post(
+    "/{session_id}/next-batch",
+    summary="Hand out the next batch",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+async def next_batch(
+    session_id: SearchSessionId, owner: ReadOwnerDep, searches: SearchSessionServiceDep
+) -> NextBatch:
+    """Each batch exactly once, also under concurrency; 404 batch_exhausted at the end."""
+    return NextBatch.model_validate(await searches.next_batch(owner=owner, session_id=session_id))
+
+
+@router.post(
+    "/{session_id}/discovered",
+    summary="Record discovered ids (deduplicated, order of first discovery)",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+)
+async def add_discovered(
+    session_id: SearchSessionId,
+    body: EmployeeIds,
+    owner: ReadOwnerDep,
+    searches: SearchSessionServiceDep,
+) -> DiscoveredResult:
+    """Ids already known, or repeated in the request, are added once."""
+    result = await searches.add_discovered(
+        owner=owner, session_id=session_id, ids=body.employee_ids
+    )
+    return DiscoveredResult.model_validate(result)
+
+
+@router.post(
+    "/{session_id}/fetched",
+    summary="Mark ids as fetched in full",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+)
+async def mark_fetched(
+    session_id: SearchSessionId,
+    body: FetchedIds,
+    owner: ReadOwnerDep,
+    searches: SearchSessionServiceDep,
+) -> FetchedResult:
+    """Ids never discovered → 422 ids_not_discovered, and nothing is marked."""
+    result = await searches.mark_fetched(
+        owner=owner, session_id=session_id, ids=body.employee_ids, cache_hits=body.cache_hits
+    )
+    return FetchedResult.model_validate(result)
+
+
+@router.get(
+    "/{session_id}/unfetched",
+    summary="Discovered ids not yet fetched",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 404, 422, 503),
+)
+async def unfetched(
+    session_id: SearchSessionId,
+    owner: ReadOwnerDep,
+    searches: SearchSessionServiceDep,
+    count: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> UnfetchedIds:
+    """In discovery order."""
+    result = await searches.unfetched(owner=owner, session_id=session_id, count=count)
+    return UnfetchedIds.model_validate(result)
+
+
+@router.get(
+    "/{session_id}/stats",
+    summary="Totals, batch progress, fetched count and cache hit rate",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 404, 422, 503),
+)
+async def stats(
+    session_id: SearchSessionId, owner: ReadOwnerDep, searches: SearchSessionServiceDep
+) -> SearchSessionStats:
+    """Reading counts as access (last_accessed moves)."""
+    return SearchSessionStats.model_validate(
+        await searches.stats(owner=owner, session_id=session_id)
+    )
+
+
+@router.delete(
+    "/{session_id}",
+    summary="Clear a search session",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403, 404, 503),
+)
+async def clear_search_session(
+    session_id: SearchSessionId, owner: ReadOwnerDep, searches: SearchSessionServiceDep
+) -> None:
+    """Soft clear: it becomes inactive; further batches → 409 session_inactive."""
+    await searches.clear(owner=owner, session_id=session_id)

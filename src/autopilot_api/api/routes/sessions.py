@@ -1,0 +1,178 @@
+"""/api/v1/sessions: the anonymous visitor's session, and claiming it on sign-up."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from autopilot_api.api.deps import (
+    ClientIpDep,
+    CurrentAuth,
+    CurrentUser,
+    IfMatchDep,
+    SessionCookieForWrite,
+    SessionServiceDep,
+    SettingsDep,
+    clear_session_cookie,
+    expected_version,
+    get_session_cookie,
+    set_etag,
+    set_session_cookie,
+)
+from autopilot_api.core.errors import SessionNotFoundError
+from autopilot_api.core.request_context import clear_cookie_var
+from autopilot_api.schemas.common import error_responses
+from autopilot_api.schemas.session import SessionClaimResponse, SessionResponse, SessionUpdate
+
+router = APIRouter(tags=["sessions"])
+
+
+@router.post(
+    "",
+    summary="Start (or resume) an anonymous session",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": SessionResponse, "description": "A valid cookie was sent: same session"},
+        **error_responses(401, 403, 429, 503),
+    },
+)
+async def create_session(
+    request: Request,
+    response: Response,
+    auth: CurrentAuth,
+    sessions: SessionServiceDep,
+    settings: SettingsDep,
+    client_ip: ClientIpDep,
+) -> SessionResponse:
+    """Sets the HttpOnly session cookie; with a valid cookie already, returns that session."""
+    if auth.session is not None:
+        response.status_code = status.HTTP_200_OK
+        set_etag(response, auth.session.session)
+        return SessionResponse.from_row(
+            auth.session.session, recovery_window_days=settings.recovery_window_days
+        )
+    created, token = await sessions.create_session(client_ip=client_ip)
+    set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
+    clear_cookie_var.set(False)
+    set_etag(response, created)
+    return SessionResponse.from_row(created, recovery_window_days=settings.recovery_window_days)
+
+
+@router.get(
+    "/me",
+    summary="The caller's session",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 404, 503),
+)
+async def get_my_session(
+    auth: CurrentAuth, response: Response, settings: SettingsDep
+) -> SessionResponse:
+    """Reads never create: no valid cookie → 404 and no cookie is set."""
+    if auth.session is None:
+        raise SessionNotFoundError()
+    set_etag(response, auth.session.session)
+    return SessionResponse.from_row(
+        auth.session.session, recovery_window_days=settings.recovery_window_days
+    )
+
+
+@router.put(
+    "/me",
+    summary="Update the caller's session (answers merge per key)",
+    status_code=status.HTTP_200_OK,
+    responses={
+        201: {"model": SessionResponse, "description": "No session yet: created with the update"},
+        **error_responses(401, 403, 404, 409, 412, 413, 422, 429, 503),
+    },
+)
+async def update_my_session(
+    update: SessionUpdate,
+    response: Response,
+    cookie: SessionCookieForWrite,
+    sessions: SessionServiceDep,
+    settings: SettingsDep,
+    client_ip: ClientIpDep,
+    if_match: IfMatchDep,
+) -> SessionResponse:
+    """Partial update; creates the session and cookie when there is none. If-Match optional."""
+    written = await sessions.write_progress(
+        token=cookie,
+        client_ip=client_ip,
+        update=update,
+        expected_version=expected_version(if_match),
+        require_existing=if_match is not None,
+    )
+    row = written.session
+    if written.dead_cookie:
+        clear_session_cookie(response, settings)
+    if written.new_token is not None:
+        response.status_code = status.HTTP_201_CREATED
+        set_session_cookie(
+            response, settings, token=written.new_token, expires_at=row["expires_at"]
+        )
+    elif row["expiry_extended"] and cookie is not None:
+        set_session_cookie(response, settings, token=cookie, expires_at=row["expires_at"])
+    set_etag(response, row)
+    return SessionResponse.from_row(row, recovery_window_days=settings.recovery_window_days)
+
+
+@router.post(
+    "/me/complete",
+    summary="Complete the caller's session (from the greenlight phase)",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 404, 409, 503),
+)
+async def complete_my_session(
+    auth: CurrentAuth, response: Response, sessions: SessionServiceDep, settings: SettingsDep
+) -> SessionResponse:
+    """Only from greenlight (409 completion_not_allowed otherwise); idempotent."""
+    if auth.session is None:
+        raise SessionNotFoundError()
+    completed = await sessions.complete_session(session_id=auth.session.session_id)
+    set_etag(response, completed)
+    return SessionResponse.from_row(completed, recovery_window_days=settings.recovery_window_days)
+
+
+@router.delete(
+    "/me",
+    summary="Delete the caller's session and its data",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 403, 404, 503),
+)
+async def delete_my_session(
+    auth: CurrentAuth, response: Response, sessions: SessionServiceDep, settings: SettingsDep
+) -> None:
+    """Deletes the session, its conversations and messages, and clears the cookie."""
+    if auth.session is None:
+        raise SessionNotFoundError()
+    await sessions.delete_session(session_id=auth.session.session_id)
+    clear_session_cookie(response, settings)
+
+
+@router.post(
+    "/claim",
+    summary="Claim the anonymous session into the signed-in user's discovery profile",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 404, 409, 503),
+)
+async def claim_session(
+    request: Request,
+    response: Response,
+    user: CurrentUser,
+    sessions: SessionServiceDep,
+    settings: SettingsDep,
+    dry_run: Annotated[
+        bool, Query(alias="dryRun", description="Return the merged profile, write nothing.")
+    ] = False,
+) -> SessionClaimResponse:
+    """Needs a permanent user's bearer token and the session cookie; idempotent per user."""
+    token = get_session_cookie(request, settings)
+    if token is None:
+        raise SessionNotFoundError("No session cookie to claim.")
+    outcome = await sessions.claim_session(token=token, user=user, dry_run=dry_run)
+    if not dry_run:
+        clear_session_cookie(response, settings)
+    return SessionClaimResponse.from_outcome(
+        outcome, recovery_window_days=settings.recovery_window_days
+    )

@@ -1,0 +1,140 @@
+"""Command line: `autopilot-api serve|migrate|cleanup|token` (also `python -m autopilot_api`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+
+from autopilot_api.core.config import Settings, SettingsError, get_settings
+
+
+def _serve(_: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = get_settings()
+    settings.require_data_plane()
+    uvicorn.run(
+        "autopilot_api.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level.lower(),
+        proxy_headers=False,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+    )
+    return 0
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    from autopilot_api.db.migrations import upgrade_database
+
+    settings = get_settings()
+    if not settings.database_url:
+        print("DATABASE_URL is not set: tell me which Postgres to migrate", file=sys.stderr)  # noqa: T201
+        return 2
+    upgrade_database(settings.database_url)
+    return 0
+
+
+async def _cleanup_expired(settings: Settings) -> int:
+    from autopilot_api.core.supabase import (
+        close_supabase_client,
+        create_supabase_client,
+        open_data_plane,
+    )
+    from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
+    from autopilot_api.services.event_bus import InProcessEventBus
+    from autopilot_api.services.rate_limiter import InMemoryRateLimiter
+    from autopilot_api.services.session_service import SessionService
+
+    plane = await asyncio.to_thread(open_data_plane, settings)
+    client = create_supabase_client(plane.endpoint, plane.settings)
+    try:
+        service = SessionService(
+            client,
+            plane.settings,
+            profiles=DiscoveryProfileService(client, bus=InProcessEventBus()),
+            rate_limiter=InMemoryRateLimiter(),
+            bus=InProcessEventBus(),
+        )
+        return await service.cleanup_expired_sessions(
+            batch_size=settings.session_cleanup_batch_size
+        )
+    finally:
+        await close_supabase_client(client)
+        await asyncio.to_thread(plane.stop)
+
+
+def _cleanup(_: argparse.Namespace) -> int:
+    settings = get_settings()
+    settings.require_data_plane()
+    deleted = asyncio.run(_cleanup_expired(settings))
+    print(f"deleted {deleted} expired sessions")  # noqa: T201
+    return 0
+
+
+def _token(args: argparse.Namespace) -> int:
+    """A development access token, signed with the local JWT secret."""
+    from pathlib import Path
+
+    from autopilot_api.core.security import mint_user_token
+
+    settings = get_settings()
+    if settings.supabase_url:
+        print(  # noqa: T201
+            "refusing: SUPABASE_URL is set, so tokens come from that project's Auth",
+            file=sys.stderr,
+        )
+        return 2
+    secret_file = Path(settings.local_data_dir) / "jwt_secret"
+    secret = settings.supabase_jwt_secret or (
+        secret_file.read_text().strip() if secret_file.exists() else None
+    )
+    if not secret:
+        print("no local JWT secret yet: run `make run` once first", file=sys.stderr)  # noqa: T201
+        return 2
+    print(  # noqa: T201
+        mint_user_token(
+            secret,
+            user_id=args.user_id,
+            email=args.email,
+            app_metadata={"role": "admin"} if args.admin else {},
+            lifetime_seconds=args.hours * 3600,
+        )
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="autopilot-api", description="autopilot-api")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the API (uvicorn)").set_defaults(handler=_serve)
+    commands.add_parser(
+        "migrate", help="apply supabase/migrations to DATABASE_URL (alembic upgrade head)"
+    ).set_defaults(handler=_migrate)
+    commands.add_parser(
+        "cleanup", help="delete expired, unclaimed sessions now (in batches)"
+    ).set_defaults(handler=_cleanup)
+    token = commands.add_parser(
+        "token", help="mint a local development access token (refused against hosted Supabase)"
+    )
+    token.add_argument("--user-id", default=str(uuid.uuid4()), help="the user's UUID (random)")
+    token.add_argument("--email", default="dev@example.test", help="the user's email")
+    token.add_argument("--admin", action="store_true", help="app_metadata.role = admin")
+    token.add_argument("--hours", type=int, default=12, help="lifetime in hours")
+    token.set_defaults(handler=_token)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SettingsError as exc:
+        print(str(exc), file=sys.stderr)  # noqa: T201
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Every setting of the service, read from the environment and `.env`.
+
+Each field is documented in `.env.example` (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _project_root() -> Path:
+    """The source checkout the code runs from; the working directory for an installed wheel."""
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "supabase").is_dir():
+        return checkout
+    return Path.cwd()
+
+
+PROJECT_ROOT = _project_root()
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class SettingsError(RuntimeError):
+    """A setting has a value the service cannot run with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- data plane -------------------------------------------------------------------
+    supabase_url: str | None = None
+    supabase_service_role_key: str | None = None
+    supabase_rest_url: str | None = None
+    supabase_jwt_secret: str | None = None
+    supabase_jwks_url: str | None = None
+    supabase_jwt_issuer: str | None = None
+    db_schema: str = "autopilot"
+    database_url: str | None = None
+    local_mode: bool = False
+    local_data_dir: Path = PROJECT_ROOT / ".local"
+    postgrest_bin: Path | None = None
+    data_plane_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # --- model ------------------------------------------------------------------------
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    openai_timeout_seconds: float = Field(default=60.0, gt=0)
+    openai_max_retries: int = Field(default=2, ge=0, le=5)
+    extraction_model: str = "gpt-4o-mini"
+    extraction_timeout_seconds: float = Field(default=20.0, gt=0)
+    extraction_max_retries: int = Field(default=1, ge=0, le=3)
+    extraction_lease_seconds: int = Field(default=60, ge=5)
+    agent_history_messages: int = Field(default=20, ge=2, le=200)
+
+    # --- conversations ----------------------------------------------------------------
+    message_max_chars: int = Field(default=4000, ge=1, le=100_000)
+    message_rate_limit_per_minute: int = Field(default=20, ge=1)
+
+    # --- lifecycle, live events, admin ------------------------------------------------
+    recovery_window_days: int = Field(default=7, ge=1)
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    events_retry_ms: int = Field(default=3000, ge=0)
+    event_ticket_ttl_seconds: int = Field(default=30, ge=5, le=600)
+    admin_active_minutes: int = Field(default=15, ge=1)
+
+    # --- scaling out ------------------------------------------------------------------
+    redis_url: str | None = None
+
+    # --- HTTP -------------------------------------------------------------------------
+    cors_origins: CommaList = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    shutdown_timeout_seconds: int = Field(default=10, ge=0, le=300)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # --- anonymous sessions ----------------------------------------------------------
+    session_cookie_name: str = Field(default="autopilot_session", pattern=r"^[A-Za-z0-9_\-]+$")
+    session_cookie_secure: bool = True
+    session_cookie_samesite: Literal["lax", "strict", "none"] = "lax"
+    session_expiry_days: int = Field(default=30, ge=1, le=400)
+    session_create_limit_per_hour: int = Field(default=30, ge=1)
+    session_cleanup_interval_seconds: int = Field(default=3600, ge=0)
+    session_cleanup_batch_size: int = Field(default=500, ge=1, le=10_000)
+    trusted_proxy_ips: CommaList = Field(default_factory=list)
+
+    @field_validator("cors_origins", "trusted_proxy_ips", mode="before")
+    @classmethod
+    def _parse_comma_lists(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("trusted_proxy_ips")
+    @classmethod
+    def _check_proxies(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or network") from exc
+        return values
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == "*":
+                raise ValueError(
+                    "'*' is refused: with credentials Starlette would echo any origin; "
+                    "list the SPA's origins explicitly"
+                )
+            if not origin.startswith(("http://", "https://")) or origin.endswith("/"):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+        return origins
+
+    @field_validator("supabase_url", "supabase_rest_url", "supabase_jwks_url", "openai_base_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/") if value else value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if value != "localhost":
+            try:
+                ipaddress.ip_address(value)
+            except ValueError as exc:
+                raise ValueError("must be an IP address or 'localhost'") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.session_cookie_samesite == "none" and not self.session_cookie_secure:
+            raise ValueError(
+                "SESSION_COOKIE_SAMESITE=none requires SESSION_COOKIE_SECURE=true "
+                "(browsers drop SameSite=None cookies that are not Secure)"
+            )
+        if self.supabase_url and not self.supabase_service_role_key:
+            raise ValueError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
+        return self
+
+    @property
+    def session_cookie_max_age(self) -> int:
+        """Cookie lifetime in seconds; derived so it can never disagree with the expiry."""
+        return self.session_expiry_days * 24 * 60 * 60
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(value, strict=False) for value in self.trusted_proxy_ips]
+
+    @property
+    def uses_local_data_plane(self) -> bool:
+        return self.local_mode and not self.supabase_url
+
+    def require_data_plane(self) -> None:
+        if not self.supabase_url and not self.local_mode:
+            raise SettingsError(
+                "SUPABASE_URL is not set and LOCAL_MODE is off: refusing to start. "
+                "Set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY for a hosted project, "
+                "or run `make run` (LOCAL_MODE=true) for the local data plane."
+            )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning a validation failure into one message naming each setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper() or "SETTINGS"
+            problems.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,164 @@
+"""The one Supabase AsyncClient of the process (made in the lifespan, closed on shutdown)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from httpx_aiohttp import HttpxAiohttpClient
+from postgrest.exceptions import APIError
+from supabase import AsyncClient, AsyncClientOptions
+from yarl import URL
+
+from autopilot_api.core.config import Settings
+from autopilot_api.core.errors import AppError, DataPlaneUnavailableError, ValidationFailedError
+
+logger = logging.getLogger(__name__)
+
+# PostgREST codes for "cannot reach / use the database right now", and the Postgres
+# SQLSTATE classes that mean the same (connection exception, insufficient resources,
+# operator intervention such as a shutdown, statement timeout).
+_TRANSIENT_POSTGREST_CODES = {"PGRST000", "PGRST001", "PGRST002", "PGRST003", "502", "503", "504"}
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57", "40001", "40P01")
+
+
+@dataclass(frozen=True)
+class DataPlaneEndpoint:
+    """Where the REST layer is and the key that opens it."""
+
+    rest_url: str
+    service_role_key: str
+
+
+def endpoint_from_settings(settings: Settings) -> DataPlaneEndpoint:
+    assert settings.supabase_url
+    assert settings.supabase_service_role_key
+    rest_url = settings.supabase_rest_url or f"{settings.supabase_url}/rest/v1"
+    return DataPlaneEndpoint(rest_url=rest_url, service_role_key=settings.supabase_service_role_key)
+
+
+@dataclass
+class OpenDataPlane:
+    """The endpoint to use, the settings to use with it, and how to let it go."""
+
+    endpoint: DataPlaneEndpoint
+    settings: Settings
+    stop: Callable[[], None]
+
+
+def open_data_plane(settings: Settings) -> OpenDataPlane:
+    """The hosted project's REST layer, or (local mode only) a local one started now.
+
+    Blocking (it may start processes): call it from a thread in async code.
+    """
+    settings.require_data_plane()
+    if not settings.uses_local_data_plane:
+        return OpenDataPlane(endpoint_from_settings(settings), settings, lambda: None)
+    from autopilot_api.local.dataplane import LocalDataPlane
+
+    plane = LocalDataPlane(
+        data_dir=settings.local_data_dir,
+        database_url=settings.database_url,
+        jwt_secret=settings.supabase_jwt_secret,
+        postgrest_bin=settings.postgrest_bin,
+        schema=settings.db_schema,
+    )
+    info = plane.start()
+    endpoint = DataPlaneEndpoint(rest_url=info.rest_url, service_role_key=info.service_role_key)
+    # Tokens this process verifies are signed with the local secret.
+    local_settings = settings.model_copy(update={"supabase_jwt_secret": info.jwt_secret})
+    return OpenDataPlane(endpoint, local_settings, plane.stop)
+
+
+def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> AsyncClient:
+    """Build the shared client for our schema, pointing at the REST layer directly.
+
+    Retries are off: the SDK's backoff reaches 30 s, longer than any request should hang;
+    an outage becomes a 503 the caller can retry.
+    """
+    timeout = httpx.Timeout(settings.data_plane_timeout_seconds, connect=3.0)
+    # httpx's own transport was the bottleneck on the hot path; the aiohttp-backed one
+    # keeps the httpx API (and maps errors to httpx's) at several times the throughput.
+    http_client = HttpxAiohttpClient(
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+    )
+    options = AsyncClientOptions(
+        schema=settings.db_schema,
+        httpx_client=http_client,
+        postgrest_client_retry=False,
+        auto_refresh_token=False,
+        persist_session=False,
+    )
+    base_url = settings.supabase_url or endpoint.rest_url
+    client = AsyncClient(base_url, endpoint.service_role_key, options)
+    # supabase-py derives `<url>/rest/v1`; a bare PostgREST serves at its root.
+    client.rest_url = URL(endpoint.rest_url)
+    return client
+
+
+async def close_supabase_client(client: AsyncClient) -> None:
+    await client.postgrest.aclose()
+    http_client = client.options.httpx_client
+    if http_client is not None:
+        await http_client.aclose()
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.TransportError):
+        return True
+    if isinstance(exc, APIError):
+        code = exc.code or ""
+        # Every error PostgREST itself makes carries a code; one without came from
+        # something in between (seen while Postgres restarts after a crash).
+        return (
+            not code
+            or code in _TRANSIENT_POSTGREST_CODES
+            or code.startswith(_TRANSIENT_SQLSTATE_PREFIXES)
+        )
+    return False
+
+
+def data_plane_error(exc: BaseException) -> DataPlaneUnavailableError:
+    logger.warning("data plane unavailable: %s", type(exc).__name__)
+    return DataPlaneUnavailableError()
+
+
+def _error_details(raw: Any) -> Any:
+    if isinstance(raw, str) and raw.startswith(("{", "[")):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+    return None
+
+
+def translate_data_plane_error(exc: Exception) -> Exception:
+    """What a failed PostgREST call means to the caller.
+
+    Our SQL functions raise SQLSTATE PTxyz with the error code in the hint; those become
+    the matching AppError. Outages become 503. Anything else is a bug and stays as is.
+    """
+    if is_transient(exc):
+        return data_plane_error(exc)
+    if isinstance(exc, APIError) and exc.hint:
+        error_class = AppError.for_code(exc.hint)
+        if error_class is not None:
+            return error_class(exc.message or None, details=_error_details(exc.details))
+    if isinstance(exc, APIError) and (exc.code or "").startswith("22"):
+        # Postgres "data exception": a value it cannot store (NUL in text, out of range).
+        return ValidationFailedError("A value in the request cannot be stored.")
+    return exc
+
+
+async def call_rpc(client: AsyncClient, function: str, params: dict[str, Any]) -> Any:
+    """Run one SQL function through PostgREST and return its JSON result."""
+    try:
+        response = await client.rpc(function, params).execute()
+    except Exception as exc:
+        raise translate_data_plane_error(exc) from exc
+    return response.data

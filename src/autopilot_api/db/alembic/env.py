@@ -1,0 +1,39 @@
+"""Alembic environment: one connection to DATABASE_URL, version table kept private."""
+
+from __future__ import annotations
+
+import os
+
+from alembic import context
+from sqlalchemy import create_engine, pool, text
+
+from autopilot_api.db.migrations import VERSION_TABLE_SCHEMA, sqlalchemy_url
+
+config = context.config
+
+
+def _database_url() -> str:
+    url = config.attributes.get("database_url") or os.environ.get("DATABASE_URL")
+    if not url:
+        raise SystemExit("DATABASE_URL is not set: tell Alembic which Postgres to migrate")
+    return sqlalchemy_url(str(url))
+
+
+def run_migrations_online() -> None:
+    engine = create_engine(_database_url(), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        connection.execute(text(f"create schema if not exists {VERSION_TABLE_SCHEMA}"))
+        connection.commit()
+        context.configure(
+            connection=connection,
+            version_table_schema=VERSION_TABLE_SCHEMA,
+            transaction_per_migration=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("offline mode is not supported: the SQL files are the offline form")
+run_migrations_online()

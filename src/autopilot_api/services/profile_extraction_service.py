@@ -1,0 +1,325 @@
+"""Reads the conversation and fills in the questionnaire: structured outputs from the model,
+merged in SQL without ever overwriting what the person said themselves."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, cast
+from uuid import UUID
+
+import openai
+from openai import AsyncOpenAI
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from autopilot_api.core.config import Settings
+from autopilot_api.core.metrics import EXTRACTIONS
+from autopilot_api.core.supabase import call_rpc, translate_data_plane_error
+from autopilot_api.models.conversation import Message
+from autopilot_api.models.session import DiscoveryAnswer, ROIInputEntry
+from autopilot_api.services.event_bus import EventBus, profile_subject, session_subject
+from autopilot_api.services.extraction_constants import (
+    DISCOVERY_QUESTIONS,
+    EXTRACTION_SCHEMA,
+    EXTRACTION_SYSTEM_PROMPT,
+    EXTRACTION_USER_PROMPT,
+    QUESTION_BY_KEY,
+    ROI_INPUTS,
+)
+from autopilot_api.services.progress import build_answer, build_roi_entry, utc_now_iso
+
+logger = logging.getLogger(__name__)
+
+EXTRACTION_MESSAGE_COUNT = 10
+MAX_SUPERSEDING_RUNS = 5
+_ROI_SPECS = {spec.key: spec for spec in ROI_INPUTS}
+
+
+class _ExtractedAnswer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    key: str
+    value: str | float | bool | None = None
+    evidence: str | None = None
+    confidence: float | None = None
+
+
+class _ExtractionPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    answers: list[_ExtractedAnswer] = []
+    roi_inputs: dict[str, float | None] = {}
+    confidence: float | None = None
+
+
+@dataclass
+class ExtractionResult:
+    extracted_count: int = 0
+    confidence: float | None = None
+    keys_extracted: list[str] = field(default_factory=list)
+
+
+class ProfileExtractionService:
+    def __init__(
+        self,
+        openai_client: AsyncOpenAI | None,
+        settings: Settings,
+        supabase: Any,
+        *,
+        bus: EventBus,
+    ) -> None:
+        self._openai = openai_client
+        self._settings = settings
+        self._supabase = supabase
+        self._bus = bus
+
+    # --- orchestration: one run per conversation at a time, newest message wins --------
+    async def run_for_message(
+        self,
+        *,
+        conversation_id: UUID,
+        message_id: str,
+        session_id: UUID | None,
+        profile_id: UUID | None,
+    ) -> None:
+        """Background entry point: never raises; takes the conversation's lease or leaves
+        the newer request to the instance that holds it."""
+        if self._openai is None:
+            return
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        lease = self._settings.extraction_lease_seconds
+        try:
+            acquired = await call_rpc(
+                self._supabase,
+                "request_extraction",
+                {
+                    "p_conversation_id": str(conversation_id),
+                    "p_message_id": message_id,
+                    "p_holder": holder,
+                    "p_lease_seconds": lease,
+                },
+            )
+            target: str | None = message_id if acquired else None
+            runs = 0
+            while target is not None and runs < MAX_SUPERSEDING_RUNS:
+                runs += 1
+                result = await self.extract_and_update(
+                    conversation_id=conversation_id, session_id=session_id, profile_id=profile_id
+                )
+                if result.extracted_count:
+                    logger.info(
+                        "extracted keys=%s conversation_id=%s",
+                        ",".join(result.keys_extracted),
+                        conversation_id,
+                    )
+                target = await call_rpc(
+                    self._supabase,
+                    "finish_extraction",
+                    {
+                        "p_conversation_id": str(conversation_id),
+                        "p_holder": holder,
+                        "p_processed_message_id": target,
+                        "p_lease_seconds": lease,
+                    },
+                )
+        except Exception as exc:
+            EXTRACTIONS.labels("failure").inc()
+            logger.warning(
+                "extraction failed for conversation_id=%s: %s", conversation_id, type(exc).__name__
+            )
+
+    # --- one extraction --------------------------------------------------------------
+    async def extract_and_update(
+        self, *, conversation_id: UUID, session_id: UUID | None, profile_id: UUID | None
+    ) -> ExtractionResult:
+        if self._openai is None or (session_id is None and profile_id is None):
+            return ExtractionResult()
+        messages = await self._recent_messages(conversation_id)
+        if len(messages) < 2:
+            return ExtractionResult()
+        current = await self._current_answers(session_id=session_id, profile_id=profile_id)
+        if current is None:
+            return ExtractionResult()
+
+        payload = await self._call_model(messages, current)
+        if payload is None:
+            return ExtractionResult()
+        last_user = next((m for m in reversed(messages) if m["role"] == "user"), messages[-1])
+        answers = self._validate_and_enrich_answers(payload, message_id=last_user["id"])
+        roi = self._validate_roi_inputs(payload, message_id=last_user["id"])
+        if not answers and not roi:
+            return ExtractionResult(confidence=payload.confidence)
+        changed = await self._update_target(
+            session_id=session_id, profile_id=profile_id, answers=answers, roi_inputs=roi
+        )
+        keys = list(changed.get("changed_keys", [])) + list(changed.get("changed_roi_keys", []))
+        if keys:
+            await self._bus.publish(
+                session_subject(session_id) if session_id else profile_subject(profile_id)
+            )
+        return ExtractionResult(
+            extracted_count=len(keys), confidence=payload.confidence, keys_extracted=keys
+        )
+
+    async def _recent_messages(self, conversation_id: UUID) -> list[Message]:
+        try:
+            response = await (
+                self._supabase.table("messages")
+                .select("id,role,content,status,created_at")
+                .eq("conversation_id", str(conversation_id))
+                .order("created_at", desc=True)
+                .limit(EXTRACTION_MESSAGE_COUNT)
+                .execute()
+            )
+        except Exception as exc:
+            raise translate_data_plane_error(exc) from exc
+        return list(reversed(cast(list[Message], response.data)))
+
+    async def _current_answers(
+        self, *, session_id: UUID | None, profile_id: UUID | None
+    ) -> dict[str, Any] | None:
+        if session_id is not None:
+            query = self._supabase.table("sessions").select("answers").eq("id", str(session_id))
+        else:
+            query = (
+                self._supabase.table("discovery_profiles")
+                .select("answers")
+                .eq("profile_id", str(profile_id))
+            )
+        try:
+            response = await query.execute()
+        except Exception as exc:
+            raise translate_data_plane_error(exc) from exc
+        rows = cast(list[dict[str, Any]], response.data)
+        return dict(rows[0]["answers"] or {}) if rows else None
+
+    async def _call_model(
+        self, messages: list[Message], current: dict[str, Any]
+    ) -> _ExtractionPayload | None:
+        assert self._openai is not None
+        prompt = EXTRACTION_USER_PROMPT.format(
+            questions="\n".join(f"{q.key}: {q.label}" for q in DISCOVERY_QUESTIONS),
+            current_answers="\n".join(
+                f"{key}: {entry.get('value')}" for key, entry in current.items()
+            )
+            or "(none)",
+            conversation="\n".join(f"{m['role']}: {m['content']}" for m in messages),
+        )
+        client = self._openai.with_options(
+            timeout=self._settings.extraction_timeout_seconds,
+            max_retries=self._settings.extraction_max_retries,
+        )
+        try:
+            completion = await client.chat.completions.create(
+                model=self._settings.extraction_model,
+                temperature=0.1,
+                messages=[
+                    {"role": "system", "content": EXTRACTION_SYSTEM_PROMPT},
+                    {"role": "user", "content": prompt},
+                ],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "profile_extraction",
+                        "strict": True,
+                        "schema": EXTRACTION_SCHEMA,
+                    },
+                },
+            )
+        except openai.APIError as exc:
+            logger.warning("extraction model call failed: %s", type(exc).__name__)
+            EXTRACTIONS.labels("failure").inc()
+            return None
+        if not completion.choices:
+            EXTRACTIONS.labels("failure").inc()
+            return None
+        choice = completion.choices[0]
+        if choice.finish_reason in ("length", "content_filter"):
+            logger.warning("extraction output cut off: finish_reason=%s", choice.finish_reason)
+            EXTRACTIONS.labels("failure").inc()
+            return None
+        if choice.message.refusal:
+            logger.warning("extraction refused by the model")
+            EXTRACTIONS.labels("failure").inc()
+            return None
+        try:
+            payload = _ExtractionPayload.model_validate(json.loads(choice.message.content or ""))
+        except (ValueError, ValidationError):
+            logger.warning("extraction returned invalid JSON")
+            EXTRACTIONS.labels("failure").inc()
+            return None
+        EXTRACTIONS.labels("success").inc()
+        return payload
+
+    def _validate_and_enrich_answers(
+        self, payload: _ExtractionPayload, *, message_id: str
+    ) -> dict[str, DiscoveryAnswer]:
+        """Drop unknown keys and empty values; add questionId, label and group."""
+        now = utc_now_iso()
+        answers: dict[str, DiscoveryAnswer] = {}
+        for item in payload.answers:
+            question = QUESTION_BY_KEY.get(item.key)
+            if question is None or item.value is None:
+                continue
+            value: str | float | bool = item.value
+            if isinstance(value, str):
+                value = value.strip()
+                if not value:
+                    continue
+                if question.kind == "number":
+                    try:
+                        value = float(value.replace(",", ""))
+                    except ValueError:
+                        pass
+            answers[item.key] = build_answer(
+                item.key,
+                value,
+                source="extracted",
+                updated_at=now,
+                message_id=message_id,
+                confidence=item.confidence,
+            )
+        return answers
+
+    def _validate_roi_inputs(
+        self, payload: _ExtractionPayload, *, message_id: str
+    ) -> dict[str, ROIInputEntry]:
+        now = utc_now_iso()
+        entries: dict[str, ROIInputEntry] = {}
+        for key, value in payload.roi_inputs.items():
+            spec = _ROI_SPECS.get(key)
+            if spec is None or value is None or value < spec.minimum:
+                continue
+            if spec.maximum is not None and value > spec.maximum:
+                continue
+            entries[key] = build_roi_entry(
+                float(value),
+                source="extracted",
+                updated_at=now,
+                message_id=message_id,
+                confidence=payload.confidence,
+            )
+        return entries
+
+    async def _update_target(
+        self,
+        *,
+        session_id: UUID | None,
+        profile_id: UUID | None,
+        answers: dict[str, DiscoveryAnswer],
+        roi_inputs: dict[str, ROIInputEntry],
+    ) -> dict[str, Any]:
+        """Merge atomically in SQL into the session, else the profile."""
+        result = await call_rpc(
+            self._supabase,
+            "merge_extracted_progress",
+            {
+                "p_session_id": str(session_id) if session_id else None,
+                "p_profile_id": str(profile_id) if profile_id and not session_id else None,
+                "p_answers": answers,
+                "p_roi_inputs": roi_inputs,
+            },
+        )
+        return cast(dict[str, Any], result)

@@ -1,0 +1,146 @@
+"""Turning a validated update into the patch the SQL functions apply atomically.
+
+The server fills every answer's questionId/label/group/source/updatedAt; the merge per
+key happens in SQL (autopilot_private.apply_patch), never read-modify-write here.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from autopilot_api.core.errors import ValidationFailedError
+from autopilot_api.models.session import AnswerSource, DiscoveryAnswer, ROIInputEntry
+from autopilot_api.schemas.discovery import MAX_TEXT_ANSWER_CHARS, AnswerValue, ProgressUpdate
+from autopilot_api.services.extraction_constants import QUESTION_BY_KEY
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def build_answer(
+    key: str,
+    value: AnswerValue,
+    *,
+    source: AnswerSource,
+    updated_at: str,
+    message_id: str | None = None,
+    confidence: float | None = None,
+) -> DiscoveryAnswer:
+    question = QUESTION_BY_KEY[key]
+    answer: DiscoveryAnswer = {
+        "questionId": question.id,
+        "key": key,
+        "label": question.label,
+        "value": value,
+        "group": question.group,
+        "source": source,
+        "updatedAt": updated_at,
+    }
+    if message_id is not None:
+        answer["messageId"] = message_id
+    if confidence is not None:
+        answer["confidence"] = confidence
+    return answer
+
+
+def build_roi_entry(
+    value: float,
+    *,
+    source: AnswerSource,
+    updated_at: str,
+    message_id: str | None = None,
+    confidence: float | None = None,
+) -> ROIInputEntry:
+    entry: ROIInputEntry = {"value": value, "source": source, "updatedAt": updated_at}
+    if message_id is not None:
+        entry["messageId"] = message_id
+    if confidence is not None:
+        entry["confidence"] = confidence
+    return entry
+
+
+def normalise_answer_value(key: str, value: AnswerValue) -> AnswerValue | None:
+    """The value to store, or None when it carries nothing (blank text, NaN)."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        return stripped or None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def build_progress_patch(update: ProgressUpdate) -> dict[str, Any]:
+    """The JSON patch for autopilot_private.apply_patch; raises 422 on unknown keys."""
+    fields = update.model_dump(exclude_unset=True, mode="json", by_alias=False)
+    patch: dict[str, Any] = {}
+    now = utc_now_iso()
+
+    if update.answers is not None:
+        unknown = sorted(key for key in update.answers if key not in QUESTION_BY_KEY)
+        if unknown:
+            raise ValidationFailedError(
+                "Unknown question keys; see GET /api/v1/discovery/questions.",
+                details=[
+                    {
+                        "loc": ["body", "answers", key],
+                        "msg": "unknown question key",
+                        "type": "unknown_key",
+                    }
+                    for key in unknown
+                ],
+            )
+        to_set: dict[str, DiscoveryAnswer] = {}
+        to_remove: list[str] = []
+        problems = []
+        for key, given in update.answers.items():
+            if given is None:
+                to_remove.append(key)
+                continue
+            value = normalise_answer_value(key, given.value)
+            if value is None:
+                problems.append(
+                    {
+                        "loc": ["body", "answers", key, "value"],
+                        "msg": "answer is empty",
+                        "type": "empty_value",
+                    }
+                )
+            elif isinstance(value, str) and len(value) > MAX_TEXT_ANSWER_CHARS:
+                problems.append(
+                    {
+                        "loc": ["body", "answers", key, "value"],
+                        "msg": f"at most {MAX_TEXT_ANSWER_CHARS} characters",
+                        "type": "too_long",
+                    }
+                )
+            else:
+                to_set[key] = build_answer(key, value, source="user", updated_at=now)
+        if problems:
+            raise ValidationFailedError(
+                "Some answers are not valid; see details.", details=problems
+            )
+        patch["answers_set"] = to_set
+        patch["answers_remove"] = to_remove
+
+    if update.roi_inputs is not None:
+        given_roi = update.roi_inputs.model_dump(exclude_unset=True, by_alias=True)
+        patch["roi_set"] = {
+            key: build_roi_entry(float(value), source="user", updated_at=now)
+            for key, value in given_roi.items()
+            if value is not None
+        }
+        patch["roi_remove"] = [key for key, value in given_roi.items() if value is None]
+
+    for name in (
+        "phase",
+        "current_question_index",
+        "selected_product_ids",
+        "timeframe",
+        "metadata",
+    ):
+        if name in fields:
+            patch[name] = fields[name]
+    return patch

@@ -1,0 +1,101 @@
+"""Progressive-loading search sessions. Every change is one SQL function (atomic under
+concurrency); this class shapes inputs and outputs."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, cast
+
+from supabase import AsyncClient
+
+from autopilot_api.core.supabase import call_rpc
+from autopilot_api.models.auth import Owner
+
+SUMMARY_MAX_CHARS = 80
+
+
+def split_into_batches(items: list[str], batch_size: int) -> list[list[str]]:
+    return [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+
+
+def new_search_session_id() -> str:
+    return f"search_{int(time.time())}_{secrets.token_hex(4)}"
+
+
+def query_summary(search_query: dict[str, Any]) -> str:
+    """A short human line: `role: engineer · location: Berlin`."""
+    parts = []
+    for key, value in search_query.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        parts.append(f"{key}: {shown}")
+    summary = " · ".join(parts) or "(empty query)"
+    return summary if len(summary) <= SUMMARY_MAX_CHARS else summary[: SUMMARY_MAX_CHARS - 1] + "…"
+
+
+class SearchSessionService:
+    def __init__(self, supabase: AsyncClient) -> None:
+        self._supabase = supabase
+
+    async def _call(self, function: str, owner: Owner, **params: Any) -> Any:
+        return await call_rpc(
+            self._supabase,
+            function,
+            {
+                "p_user_id": str(owner.user_id) if owner.user_id else None,
+                "p_session_id": str(owner.session_id) if owner.session_id else None,
+                **{f"p_{name}": value for name, value in params.items()},
+            },
+        )
+
+    async def create(
+        self, *, owner: Owner, search_query: dict[str, Any], companies: list[str], batch_size: int
+    ) -> dict[str, Any]:
+        batches = split_into_batches(companies, batch_size)
+        created = await self._call(
+            "create_search_session",
+            owner,
+            id=new_search_session_id(),
+            search_query=search_query,
+            batches=batches,
+        )
+        return {**cast(dict[str, Any], created), "batch_size": batch_size}
+
+    async def next_batch(self, *, owner: Owner, session_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], await self._call("next_search_batch", owner, id=session_id))
+
+    async def add_discovered(
+        self, *, owner: Owner, session_id: str, ids: list[int]
+    ) -> dict[str, Any]:
+        return cast(
+            dict[str, Any], await self._call("add_discovered_ids", owner, id=session_id, ids=ids)
+        )
+
+    async def mark_fetched(
+        self, *, owner: Owner, session_id: str, ids: list[int], cache_hits: int
+    ) -> dict[str, Any]:
+        result = await self._call(
+            "mark_profiles_fetched", owner, id=session_id, ids=ids, cache_hits=cache_hits
+        )
+        return cast(dict[str, Any], result)
+
+    async def unfetched(self, *, owner: Owner, session_id: str, count: int) -> dict[str, Any]:
+        return cast(
+            dict[str, Any], await self._call("unfetched_ids", owner, id=session_id, count=count)
+        )
+
+    async def stats(self, *, owner: Owner, session_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], await self._call("search_session_stats", owner, id=session_id))
+
+    async def list_active(self, *, owner: Owner, limit: int) -> list[dict[str, Any]]:
+        if owner.is_nobody:
+            return []
+        rows = cast(
+            list[dict[str, Any]], await self._call("list_search_sessions", owner, limit=limit)
+        )
+        return [{**row, "query_summary": query_summary(row["search_query"])} for row in rows]
+
+    async def clear(self, *, owner: Owner, session_id: str | None = None) -> int:
+        if owner.is_nobody:
+            return 0
+        return int(await self._call("clear_search_sessions", owner, id=session_id))

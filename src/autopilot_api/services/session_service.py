@@ -1,0 +1,239 @@
+"""Anonymous sessions: creation, resolution by cookie token, updates, claim, cleanup."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any, cast
+from uuid import UUID
+
+from supabase import AsyncClient
+
+from autopilot_api.core.config import Settings
+from autopilot_api.core.errors import (
+    AnonymousUserCannotClaimError,
+    InvalidPhaseTransitionError,
+    PreconditionFailedError,
+    SessionNotFoundError,
+)
+from autopilot_api.core.logging import AUDIT
+from autopilot_api.core.metrics import CLAIMS, SESSIONS_CREATED
+from autopilot_api.core.security import generate_session_token, hash_session_token
+from autopilot_api.core.supabase import call_rpc
+from autopilot_api.models.auth import UserContext
+from autopilot_api.models.discovery_profile import ClaimOutcome
+from autopilot_api.models.session import ResolvedSession, Session
+from autopilot_api.schemas.discovery import SessionUpdate
+from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
+from autopilot_api.services.event_bus import EventBus, session_subject
+from autopilot_api.services.progress import build_progress_patch
+from autopilot_api.services.rate_limiter import RateLimiter, client_bucket
+
+logger = logging.getLogger(__name__)
+
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_\-]{64}$")
+SESSION_CREATE_WINDOW_SECONDS = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressWrite:
+    """A PUT's outcome: the session, and what the cookie needs."""
+
+    session: ResolvedSession
+    new_token: str | None
+    dead_cookie: bool
+
+    @property
+    def created(self) -> bool:
+        return self.new_token is not None
+
+
+class SessionService:
+    def __init__(
+        self,
+        supabase: AsyncClient,
+        settings: Settings,
+        *,
+        profiles: DiscoveryProfileService,
+        rate_limiter: RateLimiter,
+        bus: EventBus,
+    ) -> None:
+        self._supabase = supabase
+        self._settings = settings
+        self._profiles = profiles
+        self._rate_limiter = rate_limiter
+        self._bus = bus
+
+    @property
+    def _lifetime_seconds(self) -> int:
+        return self._settings.session_cookie_max_age
+
+    async def create_session(
+        self, *, client_ip: str, metadata: dict[str, Any] | None = None
+    ) -> tuple[Session, str]:
+        """A new session and its raw token (returned once, for the cookie)."""
+        await self._rate_limiter.hit(
+            key=f"session-create:{client_bucket(client_ip)}",
+            limit=self._settings.session_create_limit_per_hour,
+            window_seconds=SESSION_CREATE_WINDOW_SECONDS,
+        )
+        token = generate_session_token()
+        row = await call_rpc(
+            self._supabase,
+            "create_session",
+            {
+                "p_token_hash": hash_session_token(token),
+                "p_lifetime_seconds": self._lifetime_seconds,
+                "p_metadata": metadata or {},
+            },
+        )
+        session = cast(Session, row)
+        logger.info("session created: session_id=%s", session["id"])
+        SESSIONS_CREATED.inc()
+        await self._bus.publish(session_subject(session["id"]))
+        return session, token
+
+    async def get_session_by_token(self, *, token: str) -> ResolvedSession | None:
+        """The live session for a cookie token (sliding its expiry), or None."""
+        if not _TOKEN_SHAPE.match(token):
+            return None
+        row = await call_rpc(
+            self._supabase,
+            "resolve_session",
+            {
+                "p_token_hash": hash_session_token(token),
+                "p_lifetime_seconds": self._lifetime_seconds,
+            },
+        )
+        return cast(ResolvedSession, row) if row else None
+
+    async def is_session_valid(self, *, token: str) -> bool:
+        return await self.get_session_by_token(token=token) is not None
+
+    async def update_session(
+        self, *, session_id: UUID, update: SessionUpdate, expected_version: int | None = None
+    ) -> Session:
+        """A checkpoint: merges the patch, bumps version and last_seen_at."""
+        row = await self._apply_update(
+            "update_session_progress",
+            {"p_session_id": str(session_id)},
+            update=update,
+            expected_version=expected_version,
+        )
+        return cast(Session, row)
+
+    async def write_progress(
+        self,
+        *,
+        token: str | None,
+        client_ip: str,
+        update: SessionUpdate,
+        expected_version: int | None = None,
+        require_existing: bool = False,
+    ) -> ProgressWrite:
+        """PUT /sessions/me: one round trip for a live cookie; otherwise a new session
+        (rate-limited) takes the update. An If-Match cannot hold for a new session."""
+        if token is not None and _TOKEN_SHAPE.match(token):
+            row = await self._apply_update(
+                "update_session_by_token",
+                {
+                    "p_token_hash": hash_session_token(token),
+                    "p_lifetime_seconds": self._lifetime_seconds,
+                },
+                update=update,
+                expected_version=expected_version,
+            )
+            if row is not None:
+                return ProgressWrite(cast(ResolvedSession, row), new_token=None, dead_cookie=False)
+        if require_existing:
+            raise PreconditionFailedError("There is no session for If-Match to match.")
+        created, new_token = await self.create_session(client_ip=client_ip)
+        updated = await self.update_session(session_id=UUID(created["id"]), update=update)
+        resolved: ResolvedSession = {**updated, "expiry_extended": False}
+        return ProgressWrite(resolved, new_token=new_token, dead_cookie=token is not None)
+
+    async def _apply_update(
+        self,
+        function: str,
+        target: dict[str, Any],
+        *,
+        update: SessionUpdate,
+        expected_version: int | None,
+    ) -> Any:
+        try:
+            row = await call_rpc(
+                self._supabase,
+                function,
+                {
+                    **target,
+                    "p_patch": build_progress_patch(update),
+                    "p_expected_version": expected_version,
+                },
+            )
+        except InvalidPhaseTransitionError:
+            logger.warning("phase transition refused: to=%s", update.phase)
+            raise
+        if row is None:
+            return None
+        if update.phase is not None:
+            logger.info("session phase now %s: session_id=%s", row["phase"], row["id"])
+        await self._bus.publish(session_subject(row["id"]))
+        return row
+
+    async def complete_session(self, *, session_id: UUID) -> Session:
+        """Only from greenlight (409 otherwise); completing twice changes nothing."""
+        row = await call_rpc(self._supabase, "complete_session", {"p_session_id": str(session_id)})
+        logger.info("session completed: session_id=%s", session_id)
+        await self._bus.publish(session_subject(session_id))
+        return cast(Session, row)
+
+    async def delete_session(self, *, session_id: UUID) -> None:
+        deleted = await call_rpc(
+            self._supabase, "delete_session", {"p_session_id": str(session_id)}
+        )
+        if not deleted:
+            raise SessionNotFoundError()
+        logger.info("session deleted: session_id=%s", session_id)
+        await self._bus.publish(session_subject(session_id))
+
+    async def claim_session(
+        self, *, token: str, user: UserContext, dry_run: bool = False
+    ) -> ClaimOutcome:
+        if user.is_anonymous:
+            raise AnonymousUserCannotClaimError()
+        if not _TOKEN_SHAPE.match(token):
+            raise SessionNotFoundError("No session to claim.")
+        outcome = await self._profiles.create_from_session(
+            session_token=token, user=user, dry_run=dry_run
+        )
+        if not dry_run and not outcome["already_claimed"]:
+            CLAIMS.inc()
+            logger.log(
+                AUDIT,
+                "session claimed: session_id=%s profile_id=%s conversations_moved=%d",
+                outcome["session_id"],
+                user.id,
+                outcome["conversations_moved"],
+            )
+        return outcome
+
+    async def cleanup_expired_sessions(
+        self, *, batch_size: int = 500, max_batches: int | None = None
+    ) -> int:
+        """Delete expired unclaimed sessions in batches (one transaction each)."""
+        total = 0
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            deleted = int(
+                await call_rpc(
+                    self._supabase, "cleanup_expired_sessions", {"p_batch_size": batch_size}
+                )
+            )
+            total += deleted
+            batches += 1
+            if deleted < batch_size:
+                break
+        if total:
+            logger.info("expired sessions deleted: %d", total)
+        return total
