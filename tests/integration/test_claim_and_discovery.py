@@ -16,7 +16,7 @@ from autopilot_api.core.config import Settings
 from autopilot_api.core.security import mint_user_token
 from autopilot_api.local.dataplane import LocalDataPlane
 from tests.conftest import browser_client, plane_info
-from tests.fixtures.factories import TestUser, answer, make_user, start_session
+from tests.fixtures.factories import TestUser, answer, make_user, start_session, token_issuer
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 COOKIE = "autopilot_session"
@@ -416,22 +416,27 @@ class TestDiscoveryProfile:
 class TestBearerTokens:
     @pytest.mark.parametrize(
         "mutate",
-        ["expired", "wrong_audience", "wrong_secret", "garbage", "not_bearer"],
+        ["expired", "wrong_audience", "wrong_secret", "wrong_issuer", "garbage", "not_bearer"],
     )
     async def test_bad_bearer_is_401_with_no_fallback_to_cookie(
         self, client: httpx.AsyncClient, settings: Settings, mutate: str
     ) -> None:
         await start_session(client)
-        assert settings.supabase_jwt_secret
+        secret = settings.supabase_jwt_secret
+        assert secret
         user_id = uuid.uuid4()
+        issuer = token_issuer(settings)
         tokens = {
             "expired": mint_user_token(
-                settings.supabase_jwt_secret, user_id=user_id, lifetime_seconds=-61
+                secret, issuer=issuer, user_id=user_id, lifetime_seconds=-61
             ),
             "wrong_audience": mint_user_token(
-                settings.supabase_jwt_secret, user_id=user_id, audience="anon"
+                secret, issuer=issuer, user_id=user_id, audience="anon"
             ),
-            "wrong_secret": mint_user_token("x" * 40, user_id=user_id),
+            "wrong_secret": mint_user_token("x" * 40, issuer=issuer, user_id=user_id),
+            "wrong_issuer": mint_user_token(
+                secret, issuer="https://other-project.supabase.co/auth/v1", user_id=user_id
+            ),
             "garbage": "not.a.jwt",
         }
         header = "Basic abc" if mutate == "not_bearer" else f"Bearer {tokens[mutate]}"
