@@ -66,12 +66,12 @@ def apply_migration(bind: Any, filename: str) -> None:
     run_sql_file(bind, MIGRATIONS_DIR / filename)
 
 
-def upgrade_database(database_url: str) -> None:
-    """`alembic upgrade head` against the given database."""
+def upgrade_database(database_url: str, revision: str = "head") -> None:
+    """`alembic upgrade head` (or up to `revision`) against the given database."""
     from alembic import command
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(ALEMBIC_DIR))
     config.attributes["database_url"] = database_url
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
