@@ -1,20 +1,20 @@
-"""supabase/migrations/20261122000400_soft_deleted_users.sql
+"""supabase/migrations/20261122000100_soft_deleted_users.sql
 
-Revision ID: 0010
+Revision ID: 0007
 """
 
 from alembic import op
 
 from autopilot_api.db.migrations import apply_migration
 
-revision = "0010"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    apply_migration(op.get_bind(), "20261122000400_soft_deleted_users.sql")
+    apply_migration(op.get_bind(), "20261122000100_soft_deleted_users.sql")
 
 
 def downgrade() -> None:
