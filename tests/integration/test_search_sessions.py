@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from autopilot_api.core.config import Settings
 from tests.fixtures.factories import SPA_ORIGIN, make_user, start_session
-from tests.fixtures.processes import ServiceProcess
+from tests.fixtures.processes import ServiceProcess, client_limits
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 BASE = "/api/v1/search-sessions"
@@ -213,11 +213,14 @@ async def pair(
     two_services: tuple[ServiceProcess, ServiceProcess],
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     first, second = two_services
+    options: dict[str, Any] = {
+        "headers": {"Origin": SPA_ORIGIN},
+        "timeout": 30,
+        "limits": client_limits(),
+    }
     async with (
-        httpx.AsyncClient(base_url=first.base_url, headers={"Origin": SPA_ORIGIN}, timeout=30) as a,
-        httpx.AsyncClient(
-            base_url=second.base_url, headers={"Origin": SPA_ORIGIN}, timeout=30
-        ) as b,
+        httpx.AsyncClient(base_url=first.base_url, **options) as a,
+        httpx.AsyncClient(base_url=second.base_url, **options) as b,
     ):
         yield a, b
 
@@ -273,3 +276,4 @@ class TestConcurrencyAcrossTwoProcesses:
         ).json()["ids"]
         assert sorted(everything) == list(range(220))
         assert len(everything) == len(set(everything))
+

@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     shutdown_timeout_seconds: int = Field(default=10, ge=0, le=300)
+    keepalive_timeout_seconds: int = Field(default=75, ge=1, le=3600)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
