@@ -142,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Last-Event-ID",
             "X-Request-ID",
         ],
-        expose_headers=["ETag", "Retry-After", "X-Request-ID"],
+        expose_headers=["ETag", "Idempotent-Replayed", "Retry-After", "X-Request-ID"],
         max_age=600,
     )
 
