@@ -1,7 +1,10 @@
 -- Retries after a timeout. A 503 can hide a committed write (the HTTP client gave up,
--- the transaction did not), so the search-session calls that are not naturally
--- idempotent (next-batch, fetched) take an Idempotency-Key; the outcome is stored in the
--- transaction that has the effect, and a retry with the same key gets that outcome back.
+-- the transaction did not), so:
+-- 1. the search-session calls that are not naturally idempotent (next-batch, fetched)
+--    take an Idempotency-Key; the outcome is stored in the transaction that has the
+--    effect, and a retry with the same key gets that outcome back;
+-- 2. the role PostgREST runs the service's queries as gets a statement_timeout below the
+--    service's HTTP timeout, so a query the client abandoned does not run on.
 
 ------------------------------------------------------------------------------------------
 -- Idempotency keys
@@ -225,6 +228,29 @@ begin
 end
 $$;
 
+------------------------------------------------------------------------------------------
+-- Statement timeout
+------------------------------------------------------------------------------------------
+-- Below DATA_PLANE_TIMEOUT_SECONDS (10 s by default): a query the service gave up on (and
+-- answered 503 for) is cancelled instead of running on. Set on service_role, the role
+-- PostgREST switches to for the service's key, never on the database or `postgres`,
+-- where migrations and long maintenance run. A `SET` inside a function would not do: the
+-- timer of the statement already running was armed when it started. PostgREST applies a
+-- role's settings when it switches to the role, and reads them when it (re)loads its
+-- configuration (hence the notify below).
+alter role service_role set statement_timeout = '8s';
+
+-- What a query run through PostgREST gets, in milliseconds (0: none): the service checks
+-- at start-up that its HTTP client waits longer than this.
+create or replace function autopilot.statement_timeout_ms()
+returns integer
+language sql
+stable
+as $$
+  select setting::integer from pg_catalog.pg_settings where name = 'statement_timeout'
+$$;
+
 select autopilot_private.secure_schema();
 
+notify pgrst, 'reload config';
 notify pgrst, 'reload schema';
