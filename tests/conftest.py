@@ -60,7 +60,9 @@ def make_settings(plane: LocalDataPlane, **overrides: object) -> Settings:
         "supabase_service_role_key": info.service_role_key,
         "supabase_jwt_secret": info.jwt_secret,
         "cors_origins": [SPA_ORIGIN],
-        "data_plane_timeout_seconds": 5.0,
+        # Above service_role's statement_timeout (8 s, set by the migrations), as in
+        # production; below it the app warns at start-up.
+        "data_plane_timeout_seconds": 10.0,
         "session_create_limit_per_hour": 100_000,
         "session_cleanup_interval_seconds": 0,
     }

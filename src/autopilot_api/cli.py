@@ -26,6 +26,7 @@ def _serve(_: argparse.Namespace) -> int:
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        timeout_keep_alive=settings.keepalive_timeout_seconds,
     )
     return 0
 

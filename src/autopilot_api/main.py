@@ -33,6 +33,7 @@ from autopilot_api.core.openai import create_openai_client
 from autopilot_api.core.security import TokenVerifier
 from autopilot_api.core.state import AppState
 from autopilot_api.core.supabase import (
+    check_statement_timeout,
     close_supabase_client,
     create_supabase_client,
     open_data_plane,
@@ -55,6 +56,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
     plane = await asyncio.to_thread(open_data_plane, app.state.settings)
     settings, endpoint = plane.settings, plane.endpoint
     supabase = create_supabase_client(endpoint, settings)
+    await check_statement_timeout(supabase, settings)
     openai = create_openai_client(settings)
     http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
     state = AppState(
@@ -142,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Last-Event-ID",
             "X-Request-ID",
         ],
-        expose_headers=["ETag", "Retry-After", "X-Request-ID"],
+        expose_headers=["ETag", "Idempotent-Replayed", "Retry-After", "X-Request-ID"],
         max_age=600,
     )
 

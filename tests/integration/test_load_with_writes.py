@@ -18,7 +18,7 @@ from autopilot_api.core.config import Settings
 from autopilot_api.local.dataplane import LocalDataPlane
 from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.fixtures.factories import SPA_ORIGIN, make_user
-from tests.fixtures.processes import ServiceProcess, start_service
+from tests.fixtures.processes import ServiceProcess, client_limits, start_service
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 VISITORS = int(os.environ.get("LOAD_VISITORS", "200"))
@@ -85,7 +85,7 @@ async def test_200_visitors_with_writes_lose_nothing(
     load_service: ServiceProcess, settings: Settings, rest: httpx.AsyncClient
 ) -> None:
     visitors = [Visitor(index=i) for i in range(VISITORS)]
-    limits = httpx.Limits(max_connections=VISITORS)
+    limits = client_limits(max_connections=VISITORS)
     clients = [
         httpx.AsyncClient(
             base_url=load_service.base_url,

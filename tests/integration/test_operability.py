@@ -14,7 +14,7 @@ import pytest
 from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.factories import SPA_ORIGIN
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply
-from tests.fixtures.processes import ServiceProcess, start_service
+from tests.fixtures.processes import ServiceProcess, client_limits, start_service
 
 
 @pytest.fixture
@@ -90,3 +90,19 @@ def test_sigterm_lets_an_in_flight_stream_finish(
     # uvicorn shuts down gracefully, then re-raises the signal it caught.
     assert service.process.wait(timeout=15) in (0, -signal.SIGTERM)
     assert "Application shutdown complete." in service.log_path.read_text()
+
+
+def test_an_idle_keep_alive_connection_is_still_open_after_6_seconds(
+    service: ServiceProcess,
+) -> None:
+    """Uvicorn's default closes idle connections after 5 s, exactly httpx's default expiry
+    (and far below a load balancer's 60 s): a reused connection then raced the close."""
+    with httpx.Client(base_url=service.base_url, limits=client_limits()) as http:
+        first = http.get("/healthz")
+        first_port = first.extensions["network_stream"].get_extra_info("client_addr")
+        time.sleep(6)
+        second = http.get("/healthz")
+        second_port = second.extensions["network_stream"].get_extra_info("client_addr")
+    assert first.status_code == second.status_code == 200
+    # The same TCP connection served both: the server kept it open.
+    assert second_port == first_port

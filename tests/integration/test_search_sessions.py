@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -13,7 +15,7 @@ import pytest_asyncio
 
 from autopilot_api.core.config import Settings
 from tests.fixtures.factories import SPA_ORIGIN, make_user, start_session
-from tests.fixtures.processes import ServiceProcess
+from tests.fixtures.processes import ServiceProcess, client_limits
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 BASE = "/api/v1/search-sessions"
@@ -213,11 +215,14 @@ async def pair(
     two_services: tuple[ServiceProcess, ServiceProcess],
 ) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
     first, second = two_services
+    options: dict[str, Any] = {
+        "headers": {"Origin": SPA_ORIGIN},
+        "timeout": 30,
+        "limits": client_limits(),
+    }
     async with (
-        httpx.AsyncClient(base_url=first.base_url, headers={"Origin": SPA_ORIGIN}, timeout=30) as a,
-        httpx.AsyncClient(
-            base_url=second.base_url, headers={"Origin": SPA_ORIGIN}, timeout=30
-        ) as b,
+        httpx.AsyncClient(base_url=first.base_url, **options) as a,
+        httpx.AsyncClient(base_url=second.base_url, **options) as b,
     ):
         yield a, b
 
@@ -273,3 +278,196 @@ class TestConcurrencyAcrossTwoProcesses:
         ).json()["ids"]
         assert sorted(everything) == list(range(220))
         assert len(everything) == len(set(everything))
+
+
+def key() -> dict[str, str]:
+    return {"Idempotency-Key": uuid.uuid4().hex}
+
+
+@ASYNC
+class TestIdempotencyKeys:
+    """A 503 can hide a committed write; a retry with the same key must not do it again."""
+
+    async def test_next_batch_retried_with_its_key_returns_the_same_batch(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        sid = (await create(client, batchSize=3))["sessionId"]
+        first_key, second_key = key(), key()
+        first = await client.post(f"{BASE}/{sid}/next-batch", headers=first_key)
+        retry = await client.post(f"{BASE}/{sid}/next-batch", headers=first_key)
+        assert first.status_code == retry.status_code == 200
+        assert retry.json() == first.json()
+        assert first.json()["batchIndex"] == 1
+        assert "idempotent-replayed" not in first.headers
+        assert retry.headers["Idempotent-Replayed"] == "true"
+        second = await client.post(f"{BASE}/{sid}/next-batch", headers=second_key)
+        assert second.json()["batchIndex"] == 2
+        assert second.json()["batch"] == COMPANIES[6:9]
+        assert (await client.get(f"{BASE}/{sid}/stats")).json()["batchIndex"] == 2
+
+    async def test_fetched_retried_with_its_key_returns_the_first_outcome_and_counts_once(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        await client.post(f"{BASE}/{sid}/discovered", json={"employeeIds": [1, 2, 3]})
+        body = {"employeeIds": [1, 2], "cacheHits": 1}
+        same = key()
+        first = await client.post(f"{BASE}/{sid}/fetched", json=body, headers=same)
+        retry = await client.post(f"{BASE}/{sid}/fetched", json=body, headers=same)
+        assert first.json() == retry.json() == {"marked": 2, "profilesFetched": 2}
+        stats = (await client.get(f"{BASE}/{sid}/stats")).json()
+        assert (stats["cacheHits"], stats["cacheMisses"]) == (1, 1)
+
+    async def test_the_same_key_with_another_request_is_422_and_changes_nothing(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        other = (await create(client))["sessionId"]
+        await client.post(f"{BASE}/{sid}/discovered", json={"employeeIds": [1, 2]})
+        same = key()
+        assert (
+            await client.post(f"{BASE}/{sid}/fetched", json={"employeeIds": [1]}, headers=same)
+        ).status_code == 200
+        reused = await client.post(f"{BASE}/{sid}/fetched", json={"employeeIds": [2]}, headers=same)
+        assert reused.status_code == 422
+        assert reused.json()["error"]["code"] == "idempotency_key_reused"
+        assert (await client.get(f"{BASE}/{sid}/stats")).json()["profilesFetched"] == 1
+
+        batch_key = key()
+        assert (await client.post(f"{BASE}/{sid}/next-batch", headers=batch_key)).status_code == 200
+        elsewhere = await client.post(f"{BASE}/{other}/next-batch", headers=batch_key)
+        assert elsewhere.status_code == 422
+        assert elsewhere.json()["error"]["code"] == "idempotency_key_reused"
+        assert (await client.get(f"{BASE}/{other}/stats")).json()["batchIndex"] == 0
+
+    async def test_keys_belong_to_one_caller_and_one_operation(
+        self, client: httpx.AsyncClient, other_client: httpx.AsyncClient
+    ) -> None:
+        mine = (await create(client))["sessionId"]
+        theirs = (await create(other_client))["sessionId"]
+        shared = key()
+        assert (await client.post(f"{BASE}/{mine}/next-batch", headers=shared)).status_code == 200
+        # Another caller with the same key gets its own outcome, not a replay or a 422.
+        response = await other_client.post(f"{BASE}/{theirs}/next-batch", headers=shared)
+        assert response.status_code == 200
+        assert "idempotent-replayed" not in response.headers
+        # The same caller and key on another operation is another request.
+        await client.post(f"{BASE}/{mine}/discovered", json={"employeeIds": [7]})
+        fetched = await client.post(
+            f"{BASE}/{mine}/fetched", json={"employeeIds": [7]}, headers=shared
+        )
+        assert fetched.status_code == 200
+        assert fetched.json() == {"marked": 1, "profilesFetched": 1}
+
+    async def test_a_failed_call_records_nothing_so_its_retry_runs_again(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        same = key()
+        body = {"employeeIds": [99]}
+        refused = await client.post(f"{BASE}/{sid}/fetched", json=body, headers=same)
+        assert refused.json()["error"]["code"] == "ids_not_discovered"
+        await client.post(f"{BASE}/{sid}/discovered", json=body)
+        retried = await client.post(f"{BASE}/{sid}/fetched", json=body, headers=same)
+        assert retried.status_code == 200
+        assert retried.json() == {"marked": 1, "profilesFetched": 1}
+
+    async def test_a_replay_outlives_the_clearing_of_the_search_session(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        same = key()
+        first = await client.post(f"{BASE}/{sid}/next-batch", headers=same)
+        await client.delete(f"{BASE}/{sid}")
+        retry = await client.post(f"{BASE}/{sid}/next-batch", headers=same)
+        assert retry.status_code == 200
+        assert retry.json() == first.json()
+
+    async def test_an_expired_key_is_a_new_request_and_the_cleanup_deletes_it(
+        self, client: httpx.AsyncClient, rest: httpx.AsyncClient, settings: Settings
+    ) -> None:
+        sid = (await create(client, batchSize=3))["sessionId"]
+        same = key()
+        assert (await client.post(f"{BASE}/{sid}/next-batch", headers=same)).json()[
+            "batchIndex"
+        ] == 1
+        stored = (
+            await rest.get("/idempotency_keys", params={"key": f"eq.{same['Idempotency-Key']}"})
+        ).json()
+        assert len(stored) == 1
+        assert stored[0]["operation"] == "search_sessions.next_batch"
+        expires = datetime.fromisoformat(stored[0]["expires_at"])
+        created = datetime.fromisoformat(stored[0]["created_at"])
+        assert (expires - created).total_seconds() == settings.idempotency_key_ttl_seconds
+
+        await rest.patch(
+            "/idempotency_keys",
+            params={"key": f"eq.{same['Idempotency-Key']}"},
+            json={"expires_at": "2000-01-01T00:00:00Z"},
+        )
+        again = await client.post(f"{BASE}/{sid}/next-batch", headers=same)
+        assert again.json()["batchIndex"] == 2
+        assert "idempotent-replayed" not in again.headers
+
+        other = key()
+        await client.post(f"{BASE}/{sid}/next-batch", headers=other)
+        await rest.patch(
+            "/idempotency_keys",
+            params={"key": f"eq.{other['Idempotency-Key']}"},
+            json={"expires_at": "2000-01-01T00:00:00Z"},
+        )
+        admin = make_user(settings, admin=True)
+        assert (
+            await client.post("/api/v1/admin/sessions/cleanup", headers=admin.headers)
+        ).status_code == 200
+        left = (
+            await rest.get(
+                "/idempotency_keys",
+                params={"key": f"in.({same['Idempotency-Key']},{other['Idempotency-Key']})"},
+            )
+        ).json()
+        assert [row["key"] for row in left] == [same["Idempotency-Key"]]
+
+    async def test_deleting_the_session_deletes_its_keys_and_their_outcomes(
+        self, client: httpx.AsyncClient, rest: httpx.AsyncClient
+    ) -> None:
+        sid = (await create(client))["sessionId"]
+        same = key()
+        await client.post(f"{BASE}/{sid}/next-batch", headers=same)
+        query = {"key": f"eq.{same['Idempotency-Key']}"}
+        assert len((await rest.get("/idempotency_keys", params=query)).json()) == 1
+        await client.delete("/api/v1/sessions/me")
+        assert (await rest.get("/idempotency_keys", params=query)).json() == []
+
+    @pytest.mark.parametrize("value", ["", "k" * 201])
+    async def test_a_malformed_key_is_422(self, client: httpx.AsyncClient, value: str) -> None:
+        sid = (await create(client))["sessionId"]
+        response = await client.post(f"{BASE}/{sid}/next-batch", headers={"Idempotency-Key": value})
+        assert response.status_code == 422
+        assert response.json()["error"]["code"] == "validation_error"
+        assert (await client.get(f"{BASE}/{sid}/stats")).json()["batchIndex"] == 0
+
+    async def test_openapi_declares_the_header(self, client: httpx.AsyncClient) -> None:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        for operation in ("next-batch", "fetched"):
+            post = paths[f"{BASE}/{{session_id}}/{operation}"]["post"]
+            headers = [p for p in post["parameters"] if p["in"] == "header"]
+            assert [p["name"] for p in headers] == ["Idempotency-Key"]
+
+
+@ASYNC
+async def test_concurrent_retries_with_one_key_across_two_processes_take_one_batch(
+    pair: tuple[httpx.AsyncClient, httpx.AsyncClient],
+) -> None:
+    a, b = pair
+    a.cookies.clear()
+    sid = (await create(a, batchSize=1))["sessionId"]
+    headers = {"Cookie": f"autopilot_session={a.cookies['autopilot_session']}", **key()}
+    results = await asyncio.gather(
+        *((a if i % 2 else b).post(f"{BASE}/{sid}/next-batch", headers=headers) for i in range(10))
+    )
+    assert [r.status_code for r in results] == [200] * 10
+    assert {r.json()["batchIndex"] for r in results} == {1}
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in results) == 9
+    stats = await a.get(f"{BASE}/{sid}/stats", headers=headers)
+    assert stats.json()["batchIndex"] == 1

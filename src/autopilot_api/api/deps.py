@@ -394,6 +394,29 @@ async def get_session_cookie_for_write(request: Request, user: OptionalUser) -> 
 SessionCookieForWrite = Annotated[SessionCookieWrite, Depends(get_session_cookie_for_write)]
 
 
+# --- retries ------------------------------------------------------------------------------
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description=(
+            "Optional, any unique string (a UUID): a retry with the same key returns the "
+            "first outcome instead of doing the work again; the same key with another "
+            "request → 422 idempotency_key_reused. Keys belong to the caller and last "
+            "IDEMPOTENCY_KEY_TTL_SECONDS (24 h by default)."
+        ),
+    ),
+]
+
+
+def mark_replayed(response: Response, *, replayed: bool) -> None:
+    """`Idempotent-Replayed: true` on a retry answered with the first call's outcome."""
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+
+
 # --- conditional requests -----------------------------------------------------------------
 def etag_for(version: int) -> str:
     return f'"v{version}"'
@@ -490,8 +513,10 @@ async def get_read_owner(auth: CurrentAuth) -> Owner:
 ReadOwnerDep = Annotated[Owner, Depends(get_read_owner)]
 
 
-async def get_search_session_service(supabase: SupabaseDep) -> SearchSessionService:
-    return SearchSessionService(supabase)
+async def get_search_session_service(state: AppStateDep) -> SearchSessionService:
+    return SearchSessionService(
+        state.supabase, idempotency_ttl_seconds=state.settings.idempotency_key_ttl_seconds
+    )
 
 
 SearchSessionServiceDep = Annotated[SearchSessionService, Depends(get_search_session_service)]

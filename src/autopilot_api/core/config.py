@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     local_data_dir: Path = PROJECT_ROOT / ".local"
     postgrest_bin: Path | None = None
     data_plane_timeout_seconds: float = Field(default=10.0, gt=0)
+    idempotency_key_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
 
     # --- model ------------------------------------------------------------------------
     openai_api_key: str | None = None
@@ -90,6 +91,7 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     shutdown_timeout_seconds: int = Field(default=10, ge=0, le=300)
+    keepalive_timeout_seconds: int = Field(default=75, ge=1, le=3600)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -178,6 +178,13 @@ class IdempotencyKeyInUseError(ConflictError):
     default_message = "A request with this Idempotency-Key is still being answered; retry shortly."
 
 
+class IdempotencyKeyReusedError(ValidationFailedError):
+    code = "idempotency_key_reused"
+    default_message = (
+        "This Idempotency-Key was used with a different request; send a new key with a new request."
+    )
+
+
 class ModelUnavailableError(TemporaryError):
     code = "model_unavailable"
     default_message = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -162,3 +163,41 @@ async def call_rpc(client: AsyncClient, function: str, params: dict[str, Any]) -
     except Exception as exc:
         raise translate_data_plane_error(exc) from exc
     return response.data
+
+
+STARTUP_CHECK_SECONDS = 3.0
+
+
+async def check_statement_timeout(client: AsyncClient, settings: Settings) -> int | None:
+    """Warn when a query the HTTP client gives up on (a 503) could run on, and commit.
+
+    Reads the statement_timeout PostgREST's queries run under (set on service_role by the
+    migrations) and compares it with DATA_PLANE_TIMEOUT_SECONDS. Returns it in
+    milliseconds (0: none), or None when it could not be read; never fails start-up.
+    """
+    try:
+        timeout_ms = int(
+            await asyncio.wait_for(
+                call_rpc(client, "statement_timeout_ms", {}),
+                timeout=min(STARTUP_CHECK_SECONDS, settings.data_plane_timeout_seconds),
+            )
+        )
+    except Exception as exc:  # a start-up check: a data plane that is down is reported elsewhere
+        logger.warning(
+            "could not check the data plane's statement_timeout against "
+            "DATA_PLANE_TIMEOUT_SECONDS (%s)",
+            type(exc).__name__,
+        )
+        return None
+    client_seconds = settings.data_plane_timeout_seconds
+    if timeout_ms == 0 or timeout_ms >= client_seconds * 1000:
+        role_timeout = "none" if timeout_ms == 0 else f"{timeout_ms / 1000} s"
+        logger.warning(
+            "DATA_PLANE_TIMEOUT_SECONDS=%s s is not above the statement_timeout of the "
+            "data plane's queries (%s): a query abandoned with a 503 may run on and commit. "
+            "Raise DATA_PLANE_TIMEOUT_SECONDS above it, or lower service_role's "
+            "statement_timeout (see the migrations)",
+            client_seconds,
+            role_timeout,
+        )
+    return timeout_ms

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any, cast
 
 from supabase import AsyncClient
@@ -33,9 +34,35 @@ def query_summary(search_query: dict[str, Any]) -> str:
     return summary if len(summary) <= SUMMARY_MAX_CHARS else summary[: SUMMARY_MAX_CHARS - 1] + "…"
 
 
+@dataclass(frozen=True, slots=True)
+class KeyedOutcome:
+    """The result of a call that took an Idempotency-Key; `replayed` when a retry got the
+    first call's result back."""
+
+    result: dict[str, Any]
+    replayed: bool
+
+
 class SearchSessionService:
-    def __init__(self, supabase: AsyncClient) -> None:
+    def __init__(self, supabase: AsyncClient, *, idempotency_ttl_seconds: int) -> None:
         self._supabase = supabase
+        self._idempotency_ttl_seconds = idempotency_ttl_seconds
+
+    async def _keyed_call(
+        self, function: str, owner: Owner, idempotency_key: str | None, **params: Any
+    ) -> KeyedOutcome:
+        """A call whose SQL function stores its outcome under the key, in its own transaction."""
+        result = dict(
+            await self._call(
+                function,
+                owner,
+                idempotency_key=idempotency_key,
+                idempotency_ttl_seconds=self._idempotency_ttl_seconds,
+                **params,
+            )
+        )
+        replayed = bool(result.pop("replayed"))
+        return KeyedOutcome(result=result, replayed=replayed)
 
     async def _call(self, function: str, owner: Owner, **params: Any) -> Any:
         return await call_rpc(
@@ -61,8 +88,10 @@ class SearchSessionService:
         )
         return {**cast(dict[str, Any], created), "batch_size": batch_size}
 
-    async def next_batch(self, *, owner: Owner, session_id: str) -> dict[str, Any]:
-        return cast(dict[str, Any], await self._call("next_search_batch", owner, id=session_id))
+    async def next_batch(
+        self, *, owner: Owner, session_id: str, idempotency_key: str | None = None
+    ) -> KeyedOutcome:
+        return await self._keyed_call("next_search_batch", owner, idempotency_key, id=session_id)
 
     async def add_discovered(
         self, *, owner: Owner, session_id: str, ids: list[int]
@@ -72,12 +101,22 @@ class SearchSessionService:
         )
 
     async def mark_fetched(
-        self, *, owner: Owner, session_id: str, ids: list[int], cache_hits: int
-    ) -> dict[str, Any]:
-        result = await self._call(
-            "mark_profiles_fetched", owner, id=session_id, ids=ids, cache_hits=cache_hits
+        self,
+        *,
+        owner: Owner,
+        session_id: str,
+        ids: list[int],
+        cache_hits: int,
+        idempotency_key: str | None = None,
+    ) -> KeyedOutcome:
+        return await self._keyed_call(
+            "mark_profiles_fetched",
+            owner,
+            idempotency_key,
+            id=session_id,
+            ids=ids,
+            cache_hits=cache_hits,
         )
-        return cast(dict[str, Any], result)
 
     async def unfetched(self, *, owner: Owner, session_id: str, count: int) -> dict[str, Any]:
         return cast(

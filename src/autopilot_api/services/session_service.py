@@ -226,19 +226,29 @@ class SessionService:
     async def cleanup_expired_sessions(
         self, *, batch_size: int = 500, max_batches: int | None = None
     ) -> int:
-        """Delete expired unclaimed sessions in batches (one transaction each)."""
+        """Delete expired unclaimed sessions in batches (one transaction each), then expired
+        Idempotency-Keys the same way; returns the number of sessions deleted."""
+        total = await self._delete_in_batches(
+            "cleanup_expired_sessions", batch_size=batch_size, max_batches=max_batches
+        )
+        if total:
+            logger.info("expired sessions deleted: %d", total)
+        keys = await self._delete_in_batches(
+            "cleanup_expired_idempotency_keys", batch_size=batch_size, max_batches=max_batches
+        )
+        if keys:
+            logger.info("expired idempotency keys deleted: %d", keys)
+        return total
+
+    async def _delete_in_batches(
+        self, function: str, *, batch_size: int, max_batches: int | None
+    ) -> int:
         total = 0
         batches = 0
         while max_batches is None or batches < max_batches:
-            deleted = int(
-                await call_rpc(
-                    self._supabase, "cleanup_expired_sessions", {"p_batch_size": batch_size}
-                )
-            )
+            deleted = int(await call_rpc(self._supabase, function, {"p_batch_size": batch_size}))
             total += deleted
             batches += 1
             if deleted < batch_size:
                 break
-        if total:
-            logger.info("expired sessions deleted: %d", total)
         return total

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Response, status
 
-from autopilot_api.api.deps import ReadOwnerDep, SearchSessionServiceDep, WriteOwnerDep
+from autopilot_api.api.deps import (
+    IdempotencyKeyHeader,
+    ReadOwnerDep,
+    SearchSessionServiceDep,
+    WriteOwnerDep,
+    mark_replayed,
+)
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.schemas.search_session import (
     ClearedCount,
@@ -82,10 +88,18 @@ async def clear_all_search_sessions(
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 async def next_batch(
-    session_id: SearchSessionId, owner: ReadOwnerDep, searches: SearchSessionServiceDep
+    session_id: SearchSessionId,
+    owner: ReadOwnerDep,
+    searches: SearchSessionServiceDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> NextBatch:
-    """Each batch exactly once, also under concurrency; 404 batch_exhausted at the end."""
-    return NextBatch.model_validate(await searches.next_batch(owner=owner, session_id=session_id))
+    """Each batch once, also under concurrency and keyed retries; 404 batch_exhausted at the end."""
+    outcome = await searches.next_batch(
+        owner=owner, session_id=session_id, idempotency_key=idempotency_key
+    )
+    mark_replayed(response, replayed=outcome.replayed)
+    return NextBatch.model_validate(outcome.result)
 
 
 @router.post(
@@ -118,12 +132,19 @@ async def mark_fetched(
     body: FetchedIds,
     owner: ReadOwnerDep,
     searches: SearchSessionServiceDep,
+    response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> FetchedResult:
     """Ids never discovered → 422 ids_not_discovered, and nothing is marked."""
-    result = await searches.mark_fetched(
-        owner=owner, session_id=session_id, ids=body.employee_ids, cache_hits=body.cache_hits
+    outcome = await searches.mark_fetched(
+        owner=owner,
+        session_id=session_id,
+        ids=body.employee_ids,
+        cache_hits=body.cache_hits,
+        idempotency_key=idempotency_key,
     )
-    return FetchedResult.model_validate(result)
+    mark_replayed(response, replayed=outcome.replayed)
+    return FetchedResult.model_validate(outcome.result)
 
 
 @router.get(
