@@ -1,20 +1,20 @@
-"""supabase/migrations/20261122000300_idempotent_batches_and_timeouts.sql
+"""supabase/migrations/20261122000200_idempotent_batches_and_timeouts.sql
 
-Revision ID: 0009
+Revision ID: 0008
 """
 
 from alembic import op
 
 from autopilot_api.db.migrations import apply_migration
 
-revision = "0009"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
-    apply_migration(op.get_bind(), "20261122000300_idempotent_batches_and_timeouts.sql")
+    apply_migration(op.get_bind(), "20261122000200_idempotent_batches_and_timeouts.sql")
 
 
 def downgrade() -> None:
