@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: int = Field(default=10, ge=0, le=300)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     # --- anonymous sessions ----------------------------------------------------------
     session_cookie_name: str = Field(default="autopilot_session", pattern=r"^[A-Za-z0-9_\-]+$")
@@ -165,6 +166,13 @@ class Settings(BaseSettings):
     @property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(value, strict=False) for value in self.trusted_proxy_ips]
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "console"]:
+        """auto: readable lines for a person running `make run`, JSON for log collectors."""
+        if self.log_format == "auto":
+            return "console" if self.local_mode else "json"
+        return self.log_format
 
     @property
     def uses_local_data_plane(self) -> bool:
