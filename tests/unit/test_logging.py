@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -168,3 +169,19 @@ class TestConsole:
             1,
             "autopilot_api.main",
         )
+
+    def test_python_warnings_become_console_events(
+        self, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        stream = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        configure_logging("INFO", "console")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.warn("XDG_RUNTIME_DIR is not set", RuntimeWarning, stacklevel=1)
+        finally:
+            logging.captureWarnings(False)
+        first, *rest = stream.getvalue().splitlines()
+        assert re.match(r"\d{2}:\d{2}:\d{2}\.\d{3} WARNING py\.warnings \S+: RuntimeWarning", first)
+        assert all(line.startswith("    ") for line in rest)

@@ -117,6 +117,9 @@ def configure_logging(level: str, log_format: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Console: Python warnings (pgserver's platformdirs has one) as events like the others,
+    # not as bare lines between them. JSON output stays as it always was.
+    logging.captureWarnings(log_format == "console")
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
