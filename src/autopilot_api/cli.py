@@ -88,7 +88,7 @@ def _serve(_: argparse.Namespace) -> int:
             )
             Multiprocess(config, sockets=[sock]).run()
             return 0
-        banner = settings.local_mode and settings.resolved_log_format == "console"
+        banner = settings.uses_local_data_plane and settings.resolved_log_format == "console"
         server = _server(config, banner=_banner(settings) if banner else None)
         try:
             server.run(sockets=[sock])
