@@ -61,8 +61,13 @@ def _serve(_: argparse.Namespace) -> int:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
+    from autopilot_api.core.logging import configure_logging
+
     settings = get_settings()
     settings.require_data_plane()
+    # This process's own lines (with WORKERS>1 the supervisor's: where it listens, workers
+    # that die) in the same format as the app's; create_app configures each worker again.
+    configure_logging(settings.log_level, settings.resolved_log_format)
     sock = _bind(settings)
     if sock is None:
         return 2
