@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +27,24 @@ pytest_plugins = [
 ]
 
 API_BASE_URL = "https://testserver"
+
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Runs side by side share /tmp/pytest-of-<user>, and each prunes the numbered folders
+    # it finds there, the other run's live data plane included: give each run its own.
+    if config.option.basetemp is None:
+        config.option.basetemp = config.stash[_OWN_BASETEMP] = tempfile.mkdtemp(
+            prefix="autopilot-pytest-"
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A failed run keeps its folder (Postgres logs, screenshots) for a look afterwards.
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def plane_info(plane: LocalDataPlane) -> LocalDataPlaneInfo:

@@ -172,7 +172,7 @@ def _token(args: argparse.Namespace) -> int:
     """A development access token, signed with the local JWT secret."""
     from pathlib import Path
 
-    from autopilot_api.core.security import mint_user_token
+    from autopilot_api.core.security import LOCAL_SUPABASE_ISSUER, mint_user_token
 
     settings = get_settings()
     if settings.supabase_url:
@@ -191,6 +191,8 @@ def _token(args: argparse.Namespace) -> int:
     print(  # noqa: T201
         mint_user_token(
             secret,
+            # The issuer the service checks if one is set, else the one `supabase start` uses.
+            issuer=settings.jwt_issuer or LOCAL_SUPABASE_ISSUER,
             user_id=args.user_id,
             email=args.email,
             app_metadata={"role": "admin"} if args.admin else {},

@@ -63,9 +63,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         openai=openai,
         http=http,
         token_verifier=TokenVerifier(
-            jwt_secret=settings.supabase_jwt_secret,
+            jwt_secrets=settings.jwt_secrets,
             jwks_url=settings.supabase_jwks_url,
-            issuer=settings.supabase_jwt_issuer,
+            issuer=settings.jwt_issuer,
             http_client=http,
         ),
         rate_limiter=create_rate_limiter(settings.redis_url),

@@ -9,7 +9,9 @@ create table if not exists auth.users (
   raw_app_meta_data jsonb not null default '{}'::jsonb,
   raw_user_meta_data jsonb not null default '{}'::jsonb,
   created_at timestamptz not null default now(),
-  updated_at timestamptz not null default now()
+  updated_at timestamptz not null default now(),
+  -- Set by the admin API's soft delete (should_soft_delete), which keeps the row.
+  deleted_at timestamptz
 );
 
 create or replace function auth.jwt() returns jsonb

@@ -20,6 +20,8 @@ from autopilot_api.core.config import PROJECT_ROOT
 from autopilot_api.core.security import mint_user_token
 from autopilot_api.local.dataplane import LocalDataPlane, free_port
 from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
+from tests.conftest import make_settings
+from tests.fixtures.factories import token_issuer
 from tests.fixtures.processes import ServiceProcess, start_service
 
 SPA_DIR = PROJECT_ROOT / "examples" / "spa"
@@ -93,7 +95,12 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
 ) -> None:
     assert data_plane.info is not None
     user_id = uuid.uuid4()
-    token = mint_user_token(data_plane.info.jwt_secret, user_id=user_id, email="e2e@example.test")
+    token = mint_user_token(
+        data_plane.info.jwt_secret,
+        issuer=token_issuer(make_settings(data_plane)),
+        user_id=user_id,
+        email="e2e@example.test",
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "e2e-claimed-profile.png"
 

@@ -16,7 +16,7 @@ from autopilot_api.core.config import Settings
 from autopilot_api.core.security import mint_user_token
 from autopilot_api.local.dataplane import LocalDataPlane
 from tests.conftest import browser_client, plane_info
-from tests.fixtures.factories import TestUser, answer, make_user, start_session
+from tests.fixtures.factories import TestUser, answer, make_user, start_session, token_issuer
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 COOKIE = "autopilot_session"
@@ -416,22 +416,27 @@ class TestDiscoveryProfile:
 class TestBearerTokens:
     @pytest.mark.parametrize(
         "mutate",
-        ["expired", "wrong_audience", "wrong_secret", "garbage", "not_bearer"],
+        ["expired", "wrong_audience", "wrong_secret", "wrong_issuer", "garbage", "not_bearer"],
     )
     async def test_bad_bearer_is_401_with_no_fallback_to_cookie(
         self, client: httpx.AsyncClient, settings: Settings, mutate: str
     ) -> None:
         await start_session(client)
-        assert settings.supabase_jwt_secret
+        secret = settings.supabase_jwt_secret
+        assert secret
         user_id = uuid.uuid4()
+        issuer = token_issuer(settings)
         tokens = {
             "expired": mint_user_token(
-                settings.supabase_jwt_secret, user_id=user_id, lifetime_seconds=-61
+                secret, issuer=issuer, user_id=user_id, lifetime_seconds=-61
             ),
             "wrong_audience": mint_user_token(
-                settings.supabase_jwt_secret, user_id=user_id, audience="anon"
+                secret, issuer=issuer, user_id=user_id, audience="anon"
             ),
-            "wrong_secret": mint_user_token("x" * 40, user_id=user_id),
+            "wrong_secret": mint_user_token("x" * 40, issuer=issuer, user_id=user_id),
+            "wrong_issuer": mint_user_token(
+                secret, issuer="https://other-project.supabase.co/auth/v1", user_id=user_id
+            ),
             "garbage": "not.a.jwt",
         }
         header = "Basic abc" if mutate == "not_bearer" else f"Bearer {tokens[mutate]}"
@@ -468,3 +473,86 @@ class TestAuthUserDeletion:
         assert (
             await rest.get("/sessions", params={"token_hash": f"eq.{token_hash(token)}"})
         ).json() == []
+
+    @ASYNC
+    async def test_soft_deleting_the_auth_user_removes_their_data_and_their_token_sees_none(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        rest: httpx.AsyncClient,
+        data_plane: LocalDataPlane,
+    ) -> None:
+        user = make_user(settings)
+        token = await start_session(client)
+        await client.put(
+            "/api/v1/sessions/me", json={"answers": {"facility_type": answer("warehouse")}}
+        )
+        await add_session_conversation(rest, token)
+        assert (await claim(client, user)).status_code == 200
+        profile = (await client.get("/api/v1/discovery", headers=user.headers)).json()
+        assert profile["answers"]["facility_type"]["value"] == "warehouse"
+        listed = await client.get("/api/v1/conversations", headers=user.headers)
+        assert len(listed.json()) == 1
+
+        with psycopg.connect(plane_info(data_plane).database_url, autocommit=True) as conn:
+            conn.execute(
+                "insert into auth.users (id, email, raw_app_meta_data) values (%s, %s, %s)",
+                (user.id, user.email, '{"provider": "email", "providers": ["email"]}'),
+            )
+            # As supabase/auth's User.SoftDeleteUser writes it: one UPDATE scrambling the
+            # email and setting deleted_at, then the metadata emptied by later UPDATEs.
+            with conn.transaction():
+                conn.execute(
+                    "update auth.users set email = encode(sha256(convert_to(id::text || email,"
+                    " 'UTF8')), 'base64'), deleted_at = now() where id = %s",
+                    (user.id,),
+                )
+                conn.execute(
+                    "update auth.users set raw_user_meta_data = '{}' where id = %s", (user.id,)
+                )
+                conn.execute(
+                    "update auth.users set raw_app_meta_data = '{}' where id = %s", (user.id,)
+                )
+            kept = conn.execute(
+                "select deleted_at is not null from auth.users where id = %s", (user.id,)
+            ).fetchone()
+        assert kept == (True,)
+
+        assert (await rest.get("/profiles", params={"id": f"eq.{user.id}"})).json() == []
+        assert (
+            await rest.get("/discovery_profiles", params={"profile_id": f"eq.{user.id}"})
+        ).json() == []
+        assert (await rest.get("/conversations", params={"user_id": f"eq.{user.id}"})).json() == []
+        assert (
+            await rest.get("/sessions", params={"token_hash": f"eq.{token_hash(token)}"})
+        ).json() == []
+        # Their access token is still unexpired: it reaches nothing of theirs.
+        after = await client.get("/api/v1/discovery", headers=user.headers)
+        assert after.status_code == 200
+        assert after.json()["answers"] == {}
+        assert after.json()["version"] == 1
+        listed = await client.get("/api/v1/conversations", headers=user.headers)
+        assert listed.status_code == 200
+        assert listed.json() == []
+
+    @ASYNC
+    async def test_other_updates_of_a_live_user_keep_their_data(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        rest: httpx.AsyncClient,
+        data_plane: LocalDataPlane,
+    ) -> None:
+        user = make_user(settings)
+        await start_session(client)
+        assert (await claim(client, user)).status_code == 200
+        with psycopg.connect(plane_info(data_plane).database_url, autocommit=True) as conn:
+            conn.execute(
+                "insert into auth.users (id, email) values (%s, %s)", (user.id, user.email)
+            )
+            conn.execute(
+                "update auth.users set email = 'new@example.test', deleted_at = null,"
+                " updated_at = now() where id = %s",
+                (user.id,),
+            )
+        assert len((await rest.get("/profiles", params={"id": f"eq.{user.id}"})).json()) == 1

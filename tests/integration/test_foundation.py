@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
 from autopilot_api.db.migrations import ALEMBIC_DIR, MIGRATIONS_DIR, upgrade_database
-from autopilot_api.local.dataplane import LocalDataPlane
+from autopilot_api.local.dataplane import LocalDataPlane, drop_database, with_database
 from tests.conftest import plane_info
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
@@ -118,6 +120,37 @@ class TestMigrations:
         upgrade_database(url)
         upgrade_database(url)
         assert _catalog_snapshot(url) == before
+
+    def test_a_database_migrated_before_auth_users_had_deleted_at_gets_it(
+        self, data_plane: LocalDataPlane
+    ) -> None:
+        server_url = plane_info(data_plane).database_url
+        name = f"autopilot_old_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+        url = with_database(server_url, name)
+        try:
+            upgrade_database(url, "0006")
+            with psycopg.connect(url, autocommit=True) as conn:
+                # The local auth.users shim as it was before it had the column.
+                conn.execute("alter table auth.users drop column deleted_at")
+            upgrade_database(url)
+            with psycopg.connect(url, autocommit=True) as conn:
+                column = conn.execute(
+                    "select format_type(atttypid, atttypmod) from pg_attribute"
+                    " where attrelid = 'auth.users'::regclass and attname = 'deleted_at'"
+                ).fetchone()
+                triggers = conn.execute(
+                    "select tgname from pg_trigger where tgrelid = 'auth.users'::regclass"
+                    " and not tgisinternal order by 1"
+                ).fetchall()
+        finally:
+            drop_database(server_url, name)
+        assert column == ("timestamp with time zone",)
+        assert triggers == [
+            ("autopilot_on_auth_user_deleted",),
+            ("autopilot_on_auth_user_soft_deleted",),
+        ]
 
     def test_every_sql_file_has_an_alembic_revision(self) -> None:
         revisions = "\n".join(path.read_text() for path in (ALEMBIC_DIR / "versions").glob("*.py"))

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from autopilot_api.core.config import PROJECT_ROOT
+from autopilot_api.core.security import LOCAL_SUPABASE_ISSUER
 from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.processes import ServiceProcess, start_service
 
@@ -34,8 +35,13 @@ def walkthrough() -> str:
 def service(
     data_plane: LocalDataPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    # No OPENAI_API_KEY: the agent runs offline, as it does after a plain `make run`.
-    process = start_service(data_plane, tmp_path_factory.mktemp("walkthrough"))
+    # No OPENAI_API_KEY: the agent runs offline, as it does after a plain `make run`. The
+    # issuer `token` puts in its tokens when none is configured (make run checks none).
+    process = start_service(
+        data_plane,
+        tmp_path_factory.mktemp("walkthrough"),
+        SUPABASE_JWT_ISSUER=LOCAL_SUPABASE_ISSUER,
+    )
     try:
         yield process
     finally:

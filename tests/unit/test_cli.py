@@ -58,11 +58,25 @@ def test_token_mints_a_supabase_shaped_token_with_the_local_secret() -> None:
     )
     assert result.returncode == 0
     claims = jwt.decode(
-        result.stdout.strip(), secret, algorithms=["HS256"], audience="authenticated"
+        result.stdout.strip(),
+        secret,
+        algorithms=["HS256"],
+        audience="authenticated",
+        issuer="http://127.0.0.1:54321/auth/v1",
     )
     assert claims["sub"] == user_id
     assert claims["email"] == "a@b.test"
-    assert claims["app_metadata"] == {"role": "admin"}
+    assert claims["app_metadata"]["role"] == "admin"
+    assert claims["role"] == "authenticated"
+    assert {"phone", "aal", "amr", "session_id", "is_anonymous", "user_metadata"} <= set(claims)
+
+
+def test_token_carries_the_issuer_the_local_service_is_told_to_check() -> None:
+    secret = "s" * 40
+    issuer = "http://localhost:54321/auth/v1"
+    result = run_cli("token", env={"SUPABASE_JWT_SECRET": secret, "SUPABASE_JWT_ISSUER": issuer})
+    assert result.returncode == 0
+    assert jwt.get_unverified_claims(result.stdout.strip())["iss"] == issuer
 
 
 def test_a_busy_port_fails_at_once_naming_it_before_any_data_plane_starts(

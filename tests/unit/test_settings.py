@@ -78,6 +78,57 @@ class TestRefusals:
         ).require_data_plane()
 
 
+HOSTED = {
+    "supabase_url": "https://abcdefghijklmnopqrst.supabase.co",
+    "supabase_service_role_key": "k",
+}
+
+
+class TestAccessTokenSettings:
+    def test_a_hosted_project_checks_the_issuer_its_auth_puts_in_tokens(self) -> None:
+        assert _settings(**HOSTED).jwt_issuer == "https://abcdefghijklmnopqrst.supabase.co/auth/v1"
+
+    def test_a_trailing_slash_on_the_url_does_not_change_the_issuer(self) -> None:
+        settings = _settings(**{**HOSTED, "supabase_url": HOSTED["supabase_url"] + "/"})
+        assert settings.jwt_issuer == "https://abcdefghijklmnopqrst.supabase.co/auth/v1"
+
+    def test_an_explicit_issuer_wins(self) -> None:
+        settings = _settings(**HOSTED, supabase_jwt_issuer="https://auth.example.com/auth/v1")
+        assert settings.jwt_issuer == "https://auth.example.com/auth/v1"
+
+    def test_an_empty_issuer_means_the_default_not_off(self) -> None:
+        settings = _settings(**HOSTED, supabase_jwt_issuer="")
+        assert settings.jwt_issuer == "https://abcdefghijklmnopqrst.supabase.co/auth/v1"
+
+    def test_the_check_is_turned_off_only_on_purpose(self) -> None:
+        assert _settings(**HOSTED, supabase_jwt_issuer_check=False).jwt_issuer is None
+
+    def test_turning_the_check_off_while_naming_an_issuer_is_refused(self) -> None:
+        with pytest.raises(SettingsError, match="SUPABASE_JWT_ISSUER_CHECK"):
+            _settings(
+                **HOSTED, supabase_jwt_issuer="https://x/auth/v1", supabase_jwt_issuer_check=False
+            )
+
+    def test_local_mode_checks_the_issuer_only_when_set(self) -> None:
+        assert _settings(local_mode=True).jwt_issuer is None
+        assert (
+            _settings(
+                local_mode=True, supabase_jwt_issuer="http://127.0.0.1:54321/auth/v1"
+            ).jwt_issuer
+            == "http://127.0.0.1:54321/auth/v1"
+        )
+
+    def test_secrets_for_rotation_are_comma_separated_after_the_current_one(self) -> None:
+        settings = _settings(
+            supabase_jwt_secret="current", supabase_jwt_secrets="previous, current,next"
+        )
+        assert settings.supabase_jwt_secrets == ["previous", "current", "next"]
+        assert settings.jwt_secrets == ["current", "previous", "next"]
+
+    def test_no_secret_at_all_is_an_empty_list(self) -> None:
+        assert _settings().jwt_secrets == []
+
+
 class TestEnvExample:
     def test_every_setting_is_documented_in_env_example(self) -> None:
         text = (PROJECT_ROOT / ".env.example").read_text()

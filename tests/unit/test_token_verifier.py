@@ -1,7 +1,9 @@
-"""TokenVerifier: Supabase access tokens, HS256 via the shared secret, ES256/RS256 via JWKS.
+"""TokenVerifier: Supabase access tokens, HS256 via the shared secret(s), ES256/RS256 via JWKS.
 
-The JWKS is served over real HTTP by a small server in a thread, so fetching, caching and
-refetch rate-limiting are observed by counting the requests that server received.
+Tokens are built with exactly the headers and claims Supabase Auth issues
+(tests/fixtures/supabase_tokens.py says where in its source each comes from). The JWKS is
+served over real HTTP by a small server in a thread, so fetching, caching and refetch
+rate-limiting are observed by counting the requests that server received.
 """
 
 from __future__ import annotations
@@ -12,19 +14,14 @@ import hashlib
 import hmac
 import json
 import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwt
 
 from autopilot_api.core.errors import TemporaryError, UnauthorizedError
@@ -35,111 +32,40 @@ from autopilot_api.core.security import (
     VerifiedToken,
     mint_user_token,
 )
+from tests.fixtures.supabase_tokens import (
+    PROJECT_ISSUER,
+    JwksServer,
+    SigningKey,
+    access_token_claims,
+    api_key_claims,
+    make_ec_key,
+    make_rsa_key,
+    signed_token,
+)
+from tests.fixtures.supabase_tokens import hs256_token as _hs256_token
 
 SECRET = "test-jwt-secret-with-at-least-32-characters"
-ISSUER = "https://project.supabase.test/auth/v1"
+PREVIOUS_SECRET = "the-secret-before-rotation-also-32-chars-long"
+ISSUER = PROJECT_ISSUER
 USER_ID = uuid.UUID("3f1c7d2a-9b8e-4c5d-a6f7-0123456789ab")
 
 
-# --- keys and token construction -------------------------------------------------------
+# --- token construction ------------------------------------------------------------------
 
 
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _int_b64url(value: int, length: int | None = None) -> str:
-    size = length if length is not None else (value.bit_length() + 7) // 8
-    return _b64url(value.to_bytes(size, "big"))
-
-
-@dataclass
-class SigningKey:
-    kid: str
-    algorithm: str
-    private_pem: bytes
-    public_pem: bytes
-    jwk: dict[str, Any]
-
-
-def make_ec_key(kid: str) -> SigningKey:
-    private = ec.generate_private_key(ec.SECP256R1())
-    numbers = private.public_key().public_numbers()
-    return SigningKey(
-        kid=kid,
-        algorithm="ES256",
-        private_pem=_private_pem(private),
-        public_pem=_public_pem(private.public_key()),
-        jwk={
-            "kty": "EC",
-            "crv": "P-256",
-            "x": _int_b64url(numbers.x, 32),
-            "y": _int_b64url(numbers.y, 32),
-            "kid": kid,
-            "alg": "ES256",
-            "use": "sig",
-        },
-    )
-
-
-def make_rsa_key(kid: str) -> SigningKey:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    numbers = private.public_key().public_numbers()
-    return SigningKey(
-        kid=kid,
-        algorithm="RS256",
-        private_pem=_private_pem(private),
-        public_pem=_public_pem(private.public_key()),
-        jwk={
-            "kty": "RSA",
-            "n": _int_b64url(numbers.n),
-            "e": _int_b64url(numbers.e),
-            "kid": kid,
-            "alg": "RS256",
-            "use": "sig",
-        },
-    )
-
-
-def _private_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _public_pem(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 def user_claims(**overrides: Any) -> dict[str, Any]:
-    """Claims as Supabase issues them; an override of None removes that claim."""
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "sub": str(USER_ID),
-        "email": "ada@example.com",
-        "aud": "authenticated",
-        "role": "authenticated",
-        "is_anonymous": False,
-        "app_metadata": {"provider": "email", "role": "admin"},
-        "iat": now,
-        "exp": now + 3600,
-        "iss": ISSUER,
-    }
+    """A user's access-token claims as Supabase issues them; an override of None removes one."""
+    claims = access_token_claims(issuer=ISSUER, user_id=USER_ID, app_metadata={"role": "admin"})
     claims.update(overrides)
     return {name: value for name, value in claims.items() if value is not None}
 
 
-def hs256_token(claims: dict[str, Any], secret: str = SECRET) -> str:
-    return str(jwt.encode(claims, secret, algorithm="HS256"))
-
-
-def signed_token(key: SigningKey, claims: dict[str, Any], *, kid: str | None = None) -> str:
-    headers = {"kid": kid if kid is not None else key.kid}
-    return str(jwt.encode(claims, key.private_pem, algorithm=key.algorithm, headers=headers))
+def hs256_token(claims: dict[str, Any], secret: str = SECRET, *, kid: str | None = None) -> str:
+    return _hs256_token(claims, secret, kid=kid)
 
 
 def raw_token(header: dict[str, Any], claims: dict[str, Any], sign: bytes | None) -> str:
@@ -149,55 +75,6 @@ def raw_token(header: dict[str, Any], claims: dict[str, Any], sign: bytes | None
         return f"{signing_input}."
     signature = hmac.new(sign, signing_input.encode("ascii"), hashlib.sha256).digest()
     return f"{signing_input}.{_b64url(signature)}"
-
-
-# --- the JWKS server ---------------------------------------------------------------------
-
-
-class JwksServer:
-    """Serves `keys` as a JWKS document and counts the requests it answered."""
-
-    def __init__(self) -> None:
-        self.keys: list[dict[str, Any]] = []
-        self.fail = False
-        self._requests = 0
-        self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                with server._lock:
-                    server._requests += 1
-                    keys, fail = list(server.keys), server.fail
-                body = b"down" if fail else json.dumps({"keys": keys}).encode()
-                self.send_response(500 if fail else 200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/auth/v1/.well-known/jwks.json"
-        # A short poll interval keeps shutdown (once per test) from costing half a second.
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def requests(self) -> int:
-        with self._lock:
-            return self._requests
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +107,11 @@ def make_verifier(
     jwks_url: str | None,
     *,
     issuer: str | None = None,
+    secrets: tuple[str, ...] = (SECRET,),
     **options: int,
 ) -> TokenVerifier:
     return TokenVerifier(
-        jwt_secret=SECRET,
+        jwt_secrets=secrets,
         jwks_url=jwks_url,
         issuer=issuer,
         http_client=http_client,
@@ -261,20 +139,71 @@ async def assert_refused(verifier: TokenVerifier, token: str) -> None:
 
 class TestValidTokensAreAccepted:
     @pytest.mark.asyncio
-    async def test_hs256_token_signed_with_the_secret_is_accepted(
+    async def test_legacy_hs256_token_without_kid_is_accepted(
         self, http_client: httpx.AsyncClient
     ) -> None:
         verifier = make_verifier(http_client, None)
+        claims = user_claims()
+        token = hs256_token(claims)
+        assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
 
-        verified = await verifier.verify(hs256_token(user_claims()))
+        verified = await verifier.verify(token)
 
         assert verified == VerifiedToken(
             user_id=USER_ID,
             email="ada@example.com",
             is_anonymous=False,
             app_role="admin",
-            claims=user_claims(),
+            claims=claims,
         )
+
+    @pytest.mark.asyncio
+    async def test_hs256_token_of_a_shared_secret_signing_key_with_kid_is_accepted(
+        self, http_client: httpx.AsyncClient, jwks_server: JwksServer
+    ) -> None:
+        verifier = make_verifier(http_client, jwks_server.url)
+        token = hs256_token(user_claims(), kid=str(uuid.uuid4()))
+        assert set(jwt.get_unverified_header(token)) == {"alg", "typ", "kid"}
+
+        verified = await verifier.verify(token)
+
+        assert verified.user_id == USER_ID
+        # HMAC keys are never published in the JWKS: the kid is not looked up there.
+        assert jwks_server.requests == 0
+
+    @pytest.mark.asyncio
+    async def test_hs256_token_with_kid_is_accepted_with_no_jwks_configured(
+        self, http_client: httpx.AsyncClient
+    ) -> None:
+        verifier = make_verifier(http_client, None)
+
+        verified = await verifier.verify(hs256_token(user_claims(), kid="legacy-secret"))
+
+        assert verified.user_id == USER_ID
+
+    @pytest.mark.asyncio
+    async def test_hs256_token_signed_with_a_rotated_out_secret_is_accepted(
+        self, http_client: httpx.AsyncClient
+    ) -> None:
+        verifier = make_verifier(http_client, None, secrets=(SECRET, PREVIOUS_SECRET))
+
+        old = await verifier.verify(hs256_token(user_claims(), secret=PREVIOUS_SECRET))
+        new = await verifier.verify(hs256_token(user_claims(), secret=SECRET, kid="new-key"))
+
+        assert old.user_id == new.user_id == USER_ID
+
+    @pytest.mark.asyncio
+    async def test_aal2_token_with_totp_in_amr_is_accepted(
+        self, http_client: httpx.AsyncClient
+    ) -> None:
+        verifier = make_verifier(http_client, None, issuer=ISSUER)
+        claims = access_token_claims(issuer=ISSUER, user_id=USER_ID, mfa=True)
+
+        verified = await verifier.verify(hs256_token(claims, kid="shared-secret-key"))
+
+        assert verified.user_id == USER_ID
+        assert verified.claims["aal"] == "aal2"
+        assert [entry["method"] for entry in verified.claims["amr"]] == ["totp", "password"]
 
     @pytest.mark.asyncio
     async def test_es256_token_is_verified_against_the_jwks_served_over_http(
@@ -303,10 +232,12 @@ class TestValidTokensAreAccepted:
     async def test_anonymous_user_token_maps_to_anonymous_without_email_or_role(
         self, http_client: httpx.AsyncClient
     ) -> None:
-        verifier = make_verifier(http_client, None)
-        token = mint_user_token(SECRET, user_id=USER_ID, is_anonymous=True)
+        verifier = make_verifier(http_client, None, issuer=ISSUER)
+        claims = access_token_claims(issuer=ISSUER, user_id=USER_ID, anonymous=True)
+        assert claims["email"] == ""
+        assert claims["is_anonymous"] is True
 
-        verified = await verifier.verify(token)
+        verified = await verifier.verify(hs256_token(claims))
 
         assert verified.user_id == USER_ID
         assert verified.is_anonymous is True
@@ -372,14 +303,41 @@ class TestForgedTokensAreRefused:
         await assert_refused(verifier, token)
 
     @pytest.mark.asyncio
-    async def test_hs256_signed_with_the_shared_secret_but_carrying_a_kid_is_refused(
+    async def test_hs256_with_a_junk_kid_is_checked_against_the_secret_without_fetching(
         self, http_client: httpx.AsyncClient, jwks_server: JwksServer, ec_key: SigningKey
     ) -> None:
         verifier = make_verifier(http_client, jwks_server.url)
-        header = {"alg": "HS256", "typ": "JWT", "kid": ec_key.kid}
-        token = raw_token(header, user_claims(), sign=SECRET.encode())
 
-        await assert_refused(verifier, token)
+        for n in range(5):
+            header = {"alg": "HS256", "typ": "JWT", "kid": f"made-up-{n}"}
+            accepted = raw_token(header, user_claims(), sign=SECRET.encode())
+            assert (await verifier.verify(accepted)).user_id == USER_ID
+            forged = raw_token(header, user_claims(), sign=b"not-the-secret-" * 3)
+            await assert_refused(verifier, forged)
+        # The kid of an asymmetric key does not turn HS256 into a JWKS lookup either.
+        header = {"alg": "HS256", "typ": "JWT", "kid": ec_key.kid}
+        assert (
+            await verifier.verify(raw_token(header, user_claims(), sign=SECRET.encode()))
+        ).user_id == USER_ID
+
+        assert jwks_server.requests == 0
+
+    @pytest.mark.asyncio
+    async def test_hs256_with_kid_and_no_secret_configured_is_refused_without_fetching(
+        self, http_client: httpx.AsyncClient, jwks_server: JwksServer
+    ) -> None:
+        verifier = make_verifier(http_client, jwks_server.url, secrets=())
+
+        await assert_refused(verifier, hs256_token(user_claims(), kid="some-key"))
+        assert jwks_server.requests == 0
+
+    @pytest.mark.asyncio
+    async def test_hs256_signed_with_a_secret_no_longer_configured_is_refused(
+        self, http_client: httpx.AsyncClient
+    ) -> None:
+        verifier = make_verifier(http_client, None, secrets=(SECRET,))
+
+        await assert_refused(verifier, hs256_token(user_claims(), secret=PREVIOUS_SECRET))
 
     @pytest.mark.asyncio
     async def test_rs256_header_with_an_ec_kid_is_refused(
@@ -425,6 +383,36 @@ class TestForgedTokensAreRefused:
 
         await assert_refused(verifier, signed_token(ec_key, user_claims(), kid="no-such-kid"))
         assert jwks_server.requests == 1
+
+
+class TestShapesSupabaseNeverIssuesAsUserTokensAreRefused:
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("role", ["anon", "service_role"])
+    async def test_the_projects_api_keys_are_not_user_tokens(
+        self, http_client: httpx.AsyncClient, role: str
+    ) -> None:
+        verifier = make_verifier(http_client, None)
+
+        await assert_refused(verifier, hs256_token(api_key_claims(role)))
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize(
+        "role", ["anon", "service_role", "supabase_admin", "postgres", "", None, 7]
+    )
+    async def test_a_role_other_than_authenticated_is_refused(
+        self, http_client: httpx.AsyncClient, role: object
+    ) -> None:
+        verifier = make_verifier(http_client, None, issuer=ISSUER)
+
+        await assert_refused(verifier, hs256_token(user_claims(role=role)))
+
+    @pytest.mark.asyncio
+    async def test_a_service_role_token_with_user_claims_is_refused_via_jwks_too(
+        self, http_client: httpx.AsyncClient, jwks_server: JwksServer, ec_key: SigningKey
+    ) -> None:
+        verifier = make_verifier(http_client, jwks_server.url)
+
+        await assert_refused(verifier, signed_token(ec_key, user_claims(role="service_role")))
 
 
 class TestClaimsAreEnforced:
@@ -716,34 +704,60 @@ class TestJwksUnavailable:
 
 class TestMintUserToken:
     @pytest.mark.asyncio
-    async def test_minted_token_has_the_supabase_claim_shape_and_verifies(
+    async def test_minted_token_has_the_claims_and_header_supabase_issues_and_verifies(
         self, http_client: httpx.AsyncClient
     ) -> None:
         token = mint_user_token(
             SECRET,
+            issuer=ISSUER,
             user_id=str(USER_ID),
             email="ada@example.com",
             app_metadata={"role": "admin"},
             lifetime_seconds=600,
         )
 
-        verified = await make_verifier(http_client, None).verify(token)
+        verified = await make_verifier(http_client, None, issuer=ISSUER).verify(token)
 
         claims = verified.claims
+        real = access_token_claims(issuer=ISSUER, user_id=USER_ID)
+        assert set(claims) == set(real)
+        assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
+        assert claims["iss"] == ISSUER
         assert claims["sub"] == str(USER_ID)
         assert claims["aud"] == "authenticated"
         assert claims["role"] == "authenticated"
         assert claims["is_anonymous"] is False
-        assert claims["app_metadata"] == {"role": "admin"}
+        assert claims["phone"] == ""
+        assert claims["aal"] == "aal1"
+        assert claims["amr"] == [{"method": "password", "timestamp": claims["iat"]}]
+        assert uuid.UUID(claims["session_id"])
+        assert claims["app_metadata"] == {
+            "provider": "email",
+            "providers": ["email"],
+            "role": "admin",
+        }
         assert claims["exp"] - claims["iat"] == 600
-        assert jwt.get_unverified_header(token)["alg"] == "HS256"
         assert verified.app_role == "admin"
         assert verified.email == "ada@example.com"
+
+    @pytest.mark.asyncio
+    async def test_minted_anonymous_token_has_an_empty_email_and_no_provider(
+        self, http_client: httpx.AsyncClient
+    ) -> None:
+        token = mint_user_token(SECRET, issuer=ISSUER, user_id=USER_ID, is_anonymous=True)
+
+        verified = await make_verifier(http_client, None, issuer=ISSUER).verify(token)
+
+        assert verified.claims["email"] == ""
+        assert verified.claims["app_metadata"] == {}
+        assert verified.claims["amr"][0]["method"] == "anonymous"
+        assert verified.is_anonymous is True
+        assert verified.email is None
 
     @pytest.mark.asyncio
     async def test_minted_token_with_another_audience_is_refused(
         self, http_client: httpx.AsyncClient
     ) -> None:
-        token = mint_user_token(SECRET, user_id=USER_ID, audience="anon")
+        token = mint_user_token(SECRET, issuer=ISSUER, user_id=USER_ID, audience="anon")
 
         await assert_refused(make_verifier(http_client, None), token)

@@ -26,7 +26,13 @@ from autopilot_api.core.errors import (
 from autopilot_api.core.request_context import clear_cookie_var
 from autopilot_api.core.security import TokenVerifier
 from autopilot_api.core.state import AppState
-from autopilot_api.models.auth import AuthContext, Owner, SessionContext, UserContext
+from autopilot_api.models.auth import (
+    AuthContext,
+    Owner,
+    SessionContext,
+    SessionCookieWrite,
+    UserContext,
+)
 from autopilot_api.models.conversation import Conversation
 from autopilot_api.models.session import ResolvedSession
 from autopilot_api.services.admin_service import AdminService
@@ -291,15 +297,27 @@ async def _verify_user(token: str, verifier: TokenVerifier) -> UserContext:
     )
 
 
-async def get_current_user(request: Request, verifier: TokenVerifierDep) -> UserContext:
-    """A verified Supabase user; 401 without a valid bearer token."""
+async def _optional_user(request: Request, verifier: TokenVerifier) -> UserContext | None:
     token = _bearer_token(request)
-    if token is None:
+    return None if token is None else await _verify_user(token, verifier)
+
+
+async def get_optional_user(request: Request, verifier: TokenVerifierDep) -> UserContext | None:
+    """The bearer's verified user; None without an Authorization header; invalid → 401."""
+    return await _optional_user(request, verifier)
+
+
+OptionalUser = Annotated[UserContext | None, Depends(get_optional_user)]
+
+
+async def get_current_user(user: OptionalUser) -> UserContext:
+    """A verified Supabase user; 401 without a valid bearer token."""
+    if user is None:
         raise UnauthorizedError(
             "This endpoint needs 'Authorization: Bearer <access token>'.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    return await _verify_user(token, verifier)
+    return user
 
 
 CurrentUser = Annotated[UserContext, Depends(get_current_user)]
@@ -315,18 +333,18 @@ CurrentAdmin = Annotated[UserContext, Depends(get_current_admin)]
 
 
 async def get_current_user_or_session(request: Request, response: Response) -> AuthContext:
-    """Bearer (invalid → 401, no fallback), else a valid session cookie, else nothing.
+    """The bearer's user (invalid → 401, no fallback) and the valid session cookie's
+    session: either, both (between sign-up and the claim) or neither.
 
-    An unknown, expired or claimed cookie is treated as absent and cleared. Reads never
-    create anything. (Reads the lifespan state itself: this runs on every request.)
+    Without a bearer, an unknown, expired or claimed cookie is treated as absent and
+    cleared. With one it is left alone: a claimed cookie still answers a retried claim,
+    and only the claim ends a session's cookie. Reads never create anything. (Reads the
+    lifespan state itself: this runs on every request.)
     """
     state: AppState = request.state.app_state
-    settings, verifier = state.settings, state.token_verifier
-    token = _bearer_token(request)
-    if token is not None:
-        # A signed-in caller is the user alone; the cookie only matters to the claim.
-        return AuthContext(user=await _verify_user(token, verifier))
-    if request.method not in SAFE_METHODS:
+    settings = state.settings
+    user = await _optional_user(request, state.token_verifier)
+    if user is None and request.method not in SAFE_METHODS:
         check_csrf_origin(request, settings)
 
     session_context: SessionContext | None = None
@@ -334,7 +352,8 @@ async def get_current_user_or_session(request: Request, response: Response) -> A
     if cookie is not None:
         resolved = await session_service(state).get_session_by_token(token=cookie)
         if resolved is None:
-            _clear_cookie_everywhere(response, settings)
+            if user is None:
+                _clear_cookie_everywhere(response, settings)
         else:
             session_context = SessionContext(
                 session_id=UUID(resolved["id"]), session_token=cookie, session=resolved
@@ -343,25 +362,36 @@ async def get_current_user_or_session(request: Request, response: Response) -> A
                 set_session_cookie(
                     response, settings, token=cookie, expires_at=resolved["expires_at"]
                 )
-    return AuthContext(session=session_context)
+    return AuthContext(user=user, session=session_context)
 
 
 CurrentAuth = Annotated[AuthContext, Depends(get_current_user_or_session)]
 
 
-async def get_session_cookie_for_write(request: Request) -> str | None:
-    """The raw cookie of a cookie-authenticated write, unresolved (the write resolves it
-    in the same round trip). CSRF-checked; a bearer caller has no session cookie here."""
-    state: AppState = request.state.app_state
-    token = _bearer_token(request)
-    if token is not None:
-        await _verify_user(token, state.token_verifier)
-        return None
-    check_csrf_origin(request, state.settings)
-    return get_session_cookie(request, state.settings)
+async def get_session_caller(request: Request, auth: CurrentAuth) -> AuthContext:
+    """/sessions/*: the caller, acting on the cookie's session also when signed in.
+
+    A write through the cookie needs an allowed Origin, with a bearer beside it too.
+    """
+    if auth.user is not None and auth.session is not None and request.method not in SAFE_METHODS:
+        check_csrf_origin(request, request.state.app_state.settings)
+    return auth
 
 
-SessionCookieForWrite = Annotated[str | None, Depends(get_session_cookie_for_write)]
+SessionCaller = Annotated[AuthContext, Depends(get_session_caller)]
+
+
+async def get_session_cookie_for_write(request: Request, user: OptionalUser) -> SessionCookieWrite:
+    """The cookie a write acts on (PUT /sessions/me, the claim), unresolved, and the
+    bearer's user if any. CSRF-checked whenever a cookie is sent or may be set."""
+    settings: Settings = request.state.app_state.settings
+    cookie = get_session_cookie(request, settings)
+    if user is None or cookie is not None:
+        check_csrf_origin(request, settings)
+    return SessionCookieWrite(cookie=cookie, user=user)
+
+
+SessionCookieForWrite = Annotated[SessionCookieWrite, Depends(get_session_cookie_for_write)]
 
 
 # --- conditional requests -----------------------------------------------------------------

@@ -47,8 +47,10 @@ class Settings(BaseSettings):
     supabase_service_role_key: str | None = None
     supabase_rest_url: str | None = None
     supabase_jwt_secret: str | None = None
+    supabase_jwt_secrets: CommaList = Field(default_factory=list)
     supabase_jwks_url: str | None = None
     supabase_jwt_issuer: str | None = None
+    supabase_jwt_issuer_check: bool = True
     db_schema: str = "autopilot"
     database_url: str | None = None
     local_mode: bool = False
@@ -102,7 +104,7 @@ class Settings(BaseSettings):
     session_cleanup_batch_size: int = Field(default=500, ge=1, le=10_000)
     trusted_proxy_ips: CommaList = Field(default_factory=list)
 
-    @field_validator("cors_origins", "trusted_proxy_ips", mode="before")
+    @field_validator("cors_origins", "trusted_proxy_ips", "supabase_jwt_secrets", mode="before")
     @classmethod
     def _parse_comma_lists(cls, value: object) -> object:
         return _split_commas(value)
@@ -137,6 +139,13 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/") if value else value
 
+    @field_validator("supabase_jwt_issuer")
+    @classmethod
+    def _empty_issuer_is_unset(cls, value: str | None) -> str | None:
+        # An empty value (e.g. `SUPABASE_JWT_ISSUER=` in a compose file) means the default,
+        # never "no check": that takes SUPABASE_JWT_ISSUER_CHECK=false.
+        return value or None
+
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str) -> str:
@@ -156,6 +165,10 @@ class Settings(BaseSettings):
             )
         if self.supabase_url and not self.supabase_service_role_key:
             raise ValueError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
+        if self.supabase_jwt_issuer and not self.supabase_jwt_issuer_check:
+            raise ValueError(
+                "SUPABASE_JWT_ISSUER is set but SUPABASE_JWT_ISSUER_CHECK=false: unset one of them"
+            )
         return self
 
     @property
@@ -166,6 +179,27 @@ class Settings(BaseSettings):
     @property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(value, strict=False) for value in self.trusted_proxy_ips]
+
+    @property
+    def jwt_secrets(self) -> list[str]:
+        """Every HS256 secret accepted: the current one first, then those kept for rotation."""
+        secrets = [self.supabase_jwt_secret or "", *self.supabase_jwt_secrets]
+        return list(dict.fromkeys(secret for secret in secrets if secret))
+
+    @property
+    def jwt_issuer(self) -> str | None:
+        """The `iss` access tokens must carry, or None when it is not checked.
+
+        A hosted project is checked by default (`<SUPABASE_URL>/auth/v1`, what Supabase Auth
+        puts in its tokens); local mode only when SUPABASE_JWT_ISSUER is set.
+        """
+        if not self.supabase_jwt_issuer_check:
+            return None
+        if self.supabase_jwt_issuer:
+            return self.supabase_jwt_issuer
+        if self.supabase_url and not self.local_mode:
+            return f"{self.supabase_url}/auth/v1"
+        return None
 
     @property
     def resolved_log_format(self) -> Literal["json", "console"]:

@@ -121,6 +121,16 @@ class SessionAlreadyClaimedError(ConflictError):
     default_message = "This session was claimed by another account."
 
 
+class SignedInNoAnonymousSessionError(ConflictError):
+    code = "signed_in_no_anonymous_session"
+    default_message = (
+        "You are signed in and sent no live anonymous session cookie, so no session was "
+        "created: a signed-in user's answers live in the discovery profile "
+        "(GET and PUT /api/v1/discovery). Anonymous sessions are created before sign-in, "
+        "and POST /api/v1/sessions/claim moves one into the profile."
+    )
+
+
 class InvalidPhaseTransitionError(ConflictError):
     code = "invalid_phase_transition"
     default_message = "That phase change is not allowed."

@@ -8,6 +8,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,11 @@ SESSION_TOKEN_LENGTH = 64
 
 MAX_ACCESS_TOKEN_LENGTH = 8192
 SUPABASE_AUDIENCE = "authenticated"
+# Every user token Supabase Auth issues, anonymous users' included, carries this role; the
+# project's API keys carry `anon` / `service_role` and are never a user's identity.
+SUPABASE_USER_ROLE = "authenticated"
+# The issuer of the Supabase CLI's local stack (`supabase start`), for locally minted tokens.
+LOCAL_SUPABASE_ISSUER = "http://127.0.0.1:54321/auth/v1"
 MAX_LEEWAY_SECONDS = 60
 MAX_JWKS_CACHE_SECONDS = 600
 JWKS_FETCH_TIMEOUT_SECONDS = 5.0
@@ -56,6 +62,7 @@ def mint_role_key(jwt_secret: str, role: str, *, lifetime_days: int = 3650) -> s
 def mint_user_token(
     jwt_secret: str,
     *,
+    issuer: str,
     user_id: uuid.UUID | str,
     email: str | None = None,
     is_anonymous: bool = False,
@@ -63,18 +70,35 @@ def mint_user_token(
     lifetime_seconds: int = 3600,
     audience: str = SUPABASE_AUDIENCE,
 ) -> str:
-    """A user access token shaped like Supabase Auth's, for development and tests (HS256)."""
+    """A user access token with the claims Supabase Auth issues, for development and tests.
+
+    HS256 as a legacy-secret project signs it; the shape follows `AccessTokenClaims` in
+    supabase/auth (internal/tokens/service.go).
+    """
     now = int(time.time())
+    if is_anonymous:
+        metadata: dict[str, Any] = {}
+        method = "anonymous"
+    else:
+        metadata = {"provider": "email", "providers": ["email"]}
+        method = "password"
+    metadata.update(app_metadata or {})
     claims: dict[str, Any] = {
+        "iss": issuer,
         "sub": str(uuid.UUID(str(user_id))),
-        # Supabase sends "" rather than null for users without an email (anonymous ones).
-        "email": email or "",
         "aud": audience,
-        "role": "authenticated",
-        "is_anonymous": is_anonymous,
-        "app_metadata": dict(app_metadata or {}),
-        "iat": now,
         "exp": now + lifetime_seconds,
+        "iat": now,
+        # Supabase sends "" rather than null for users without an email (anonymous ones).
+        "email": "" if is_anonymous else email or "",
+        "phone": "",
+        "app_metadata": metadata,
+        "user_metadata": {},
+        "role": SUPABASE_USER_ROLE,
+        "aal": "aal1",
+        "amr": [{"method": method, "timestamp": now}],
+        "session_id": str(uuid.uuid4()),
+        "is_anonymous": is_anonymous,
     }
     return str(jwt.encode(claims, jwt_secret, algorithm="HS256"))
 
@@ -105,17 +129,19 @@ class _SigningKey:
 
 
 class TokenVerifier:
-    """Verifies Supabase access tokens: HS256 with the shared secret, ES256/RS256 from JWKS.
+    """Verifies Supabase access tokens: HS256 with the shared secret(s), ES256/RS256 from JWKS.
 
-    Which key and algorithm apply is decided by us, not by the token: a token without
-    `kid` may only be HS256 against the secret; a token with `kid` may only verify against
-    that JWKS key, with the algorithm its key type implies. That closes alg-confusion holes.
+    Which key and algorithm apply is decided by us, not by the token: HS256 verifies only
+    against the configured secrets (Supabase never publishes HMAC keys in its JWKS, so a
+    `kid` on an HS256 token is never looked up there); ES256/RS256 need a `kid` and verify
+    only against that JWKS key, with the algorithm its key type implies. That closes
+    alg-confusion holes, and keeps made-up kids from causing JWKS fetches.
     """
 
     def __init__(
         self,
         *,
-        jwt_secret: str | None,
+        jwt_secrets: Sequence[str],
         jwks_url: str | None,
         issuer: str | None,
         http_client: httpx.AsyncClient,
@@ -129,7 +155,12 @@ class TokenVerifier:
             raise ValueError(f"jwks_cache_seconds must be within 1..{MAX_JWKS_CACHE_SECONDS}")
         if unknown_kid_refetch_seconds < 0:
             raise ValueError("unknown_kid_refetch_seconds must not be negative")
-        self._jwt_secret = jwt_secret or None
+        if isinstance(jwt_secrets, str):
+            raise TypeError("jwt_secrets must be a sequence of secrets, not one string")
+        # Key objects, so jose never tries to parse a secret as a JSON key set.
+        self._hmac_keys = tuple(
+            jwk.construct(secret, "HS256") for secret in dict.fromkeys(jwt_secrets) if secret
+        )
         self._jwks_url = jwks_url or None
         self._issuer = issuer or None
         self._http = http_client
@@ -154,21 +185,24 @@ class TokenVerifier:
         if not isinstance(header, dict):
             raise _invalid("undecodable header")
         alg = header.get("alg")
+        kid = header.get("kid")
+        if "kid" in header and (not isinstance(kid, str) or not kid):
+            raise _invalid("malformed kid")
 
         key: Any
-        if "kid" in header:
-            kid = header["kid"]
-            if not isinstance(kid, str) or not kid:
-                raise _invalid("malformed kid")
-            # Checked before any JWKS lookup so junk headers cannot trigger refetches.
-            if alg not in _ALGORITHM_FOR_KTY.values():
-                raise _invalid("algorithm not allowed with kid")
+        # Decided before any JWKS lookup so junk headers cannot trigger fetches.
+        if alg == "HS256":
+            if not self._hmac_keys:
+                raise _invalid("HS256 token but no secret configured")
+            # jose tries each secret in turn: the current one and any still accepted.
+            key, algorithm = self._hmac_keys, "HS256"
+        elif alg in _ALGORITHM_FOR_KTY.values():
+            if not isinstance(kid, str):
+                raise _invalid("asymmetric token without kid")
             signing_key = await self._jwks_key(kid)
             key, algorithm = signing_key.key, signing_key.algorithm
-        elif alg == "HS256" and self._jwt_secret is not None:
-            key, algorithm = self._jwt_secret, "HS256"
         else:
-            raise _invalid("algorithm not allowed without kid")
+            raise _invalid("algorithm not allowed")
 
         claims = self._decode(token, key, algorithm)
         return _verified_token(claims)
@@ -209,6 +243,10 @@ class TokenVerifier:
             raise _invalid("wrong audience")
         if self._issuer is not None and claims.get("iss") != self._issuer:
             raise _invalid("wrong issuer")
+        # The anon / service_role API keys (and anything else that is not a signed-in user)
+        # are not identities, however they are signed.
+        if claims.get("role") != SUPABASE_USER_ROLE:
+            raise _invalid("role is not authenticated")
         return claims
 
     async def _jwks_key(self, kid: str) -> _SigningKey:

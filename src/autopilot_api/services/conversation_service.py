@@ -58,9 +58,8 @@ class ConversationService:
             raise ConversationNotFoundError()
         row = cast(Conversation, rows[0])
         owned_by_user = auth.user is not None and row["user_id"] == str(auth.user.id)
-        owned_by_session = auth.session is not None and row["session_id"] == str(
-            auth.session.session_id
-        )
+        session = auth.acting_session
+        owned_by_session = session is not None and row["session_id"] == str(session.session_id)
         if not (owned_by_user or owned_by_session):
             raise ConversationNotFoundError()
         return row
@@ -79,8 +78,8 @@ class ConversationService:
         query = self._supabase.table("conversations").select("*")
         if auth.user is not None:
             query = query.eq("user_id", str(auth.user.id))
-        elif auth.session is not None:
-            query = query.eq("session_id", str(auth.session.session_id))
+        elif auth.acting_session is not None:
+            query = query.eq("session_id", str(auth.acting_session.session_id))
         else:
             return []
         rows = await self._select(query.order("updated_at", desc=True).limit(limit))

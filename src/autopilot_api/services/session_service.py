@@ -16,6 +16,7 @@ from autopilot_api.core.errors import (
     InvalidPhaseTransitionError,
     PreconditionFailedError,
     SessionNotFoundError,
+    SignedInNoAnonymousSessionError,
 )
 from autopilot_api.core.logging import AUDIT
 from autopilot_api.core.metrics import CLAIMS, SESSIONS_CREATED
@@ -131,9 +132,11 @@ class SessionService:
         update: SessionUpdate,
         expected_version: int | None = None,
         require_existing: bool = False,
+        signed_in: bool = False,
     ) -> ProgressWrite:
         """PUT /sessions/me: one round trip for a live cookie; otherwise a new session
-        (rate-limited) takes the update. An If-Match cannot hold for a new session."""
+        (rate-limited) takes the update. An If-Match cannot hold for a new session, and a
+        signed-in caller never gets one (409): their answers go to the profile."""
         if token is not None and _TOKEN_SHAPE.match(token):
             row = await self._apply_update(
                 "update_session_by_token",
@@ -146,6 +149,8 @@ class SessionService:
             )
             if row is not None:
                 return ProgressWrite(cast(ResolvedSession, row), new_token=None, dead_cookie=False)
+        if signed_in:
+            raise SignedInNoAnonymousSessionError()
         if require_existing:
             raise PreconditionFailedError("There is no session for If-Match to match.")
         created, new_token = await self.create_session(client_ip=client_ip)

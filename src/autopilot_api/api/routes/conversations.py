@@ -113,11 +113,12 @@ def _schedule_extraction(
     message_id: str,
 ) -> None:
     owned_by_user = conversation["user_id"] is not None
+    session = auth.acting_session
     background.add_task(
         extraction.run_for_message,
         conversation_id=UUID(conversation["id"]),
         message_id=message_id,
-        session_id=None if owned_by_user or auth.session is None else auth.session.session_id,
+        session_id=None if owned_by_user or session is None else session.session_id,
         profile_id=auth.user.id if owned_by_user and auth.user else None,
     )
 

@@ -1,31 +1,41 @@
-"""/api/v1/sessions: the anonymous visitor's session, and claiming it on sign-up."""
+"""/api/v1/sessions: the anonymous visitor's session, and claiming it on sign-up.
+
+Between sign-up and the claim the SPA sends a bearer token and the browser the cookie:
+these routes then act on the cookie's session and never create or replace one, so the
+claim finds every answer. A signed-in caller with no live cookie gets 409
+`signed_in_no_anonymous_session` from the writes; their answers live in /discovery.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from autopilot_api.api.deps import (
     ClientIpDep,
-    CurrentAuth,
     CurrentUser,
     IfMatchDep,
+    SessionCaller,
     SessionCookieForWrite,
     SessionServiceDep,
     SettingsDep,
     clear_session_cookie,
     expected_version,
-    get_session_cookie,
     set_etag,
     set_session_cookie,
 )
-from autopilot_api.core.errors import SessionNotFoundError
+from autopilot_api.core.errors import SessionNotFoundError, SignedInNoAnonymousSessionError
 from autopilot_api.core.request_context import clear_cookie_var
-from autopilot_api.schemas.common import error_responses
+from autopilot_api.schemas.common import ErrorEnvelope, error_responses
 from autopilot_api.schemas.session import SessionClaimResponse, SessionResponse, SessionUpdate
 
 router = APIRouter(tags=["sessions"])
+
+_SIGNED_IN = (
+    "signed_in_no_anonymous_session: a bearer and no live session cookie, so nothing is "
+    "created; a signed-in user's answers live in /api/v1/discovery"
+)
 
 
 @router.post(
@@ -33,25 +43,30 @@ router = APIRouter(tags=["sessions"])
     summary="Start (or resume) an anonymous session",
     status_code=status.HTTP_201_CREATED,
     responses={
-        200: {"model": SessionResponse, "description": "A valid cookie was sent: same session"},
+        200: {
+            "model": SessionResponse,
+            "description": "A valid cookie was sent (with or without a bearer): same session",
+        },
         **error_responses(401, 403, 429, 503),
+        409: {"model": ErrorEnvelope, "description": _SIGNED_IN},
     },
 )
 async def create_session(
-    request: Request,
     response: Response,
-    auth: CurrentAuth,
+    auth: SessionCaller,
     sessions: SessionServiceDep,
     settings: SettingsDep,
     client_ip: ClientIpDep,
 ) -> SessionResponse:
-    """Sets the HttpOnly session cookie; with a valid cookie already, returns that session."""
+    """Sets the session cookie; a valid cookie returns its session; a bearer alone → 409."""
     if auth.session is not None:
         response.status_code = status.HTTP_200_OK
         set_etag(response, auth.session.session)
         return SessionResponse.from_row(
             auth.session.session, recovery_window_days=settings.recovery_window_days
         )
+    if auth.user is not None:
+        raise SignedInNoAnonymousSessionError()
     created, token = await sessions.create_session(client_ip=client_ip)
     set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
     clear_cookie_var.set(False)
@@ -66,9 +81,9 @@ async def create_session(
     responses=error_responses(401, 404, 503),
 )
 async def get_my_session(
-    auth: CurrentAuth, response: Response, settings: SettingsDep
+    auth: SessionCaller, response: Response, settings: SettingsDep
 ) -> SessionResponse:
-    """Reads never create: no valid cookie → 404 and no cookie is set."""
+    """The cookie's session, also with a bearer; no valid cookie → 404, nothing is set."""
     if auth.session is None:
         raise SessionNotFoundError()
     set_etag(response, auth.session.session)
@@ -82,26 +97,35 @@ async def get_my_session(
     summary="Update the caller's session (answers merge per key)",
     status_code=status.HTTP_200_OK,
     responses={
-        201: {"model": SessionResponse, "description": "No session yet: created with the update"},
-        **error_responses(401, 403, 404, 409, 412, 413, 422, 429, 503),
+        201: {
+            "model": SessionResponse,
+            "description": "No session yet and no bearer: created with the update",
+        },
+        **error_responses(401, 403, 404, 412, 413, 422, 429, 503),
+        409: {
+            "model": ErrorEnvelope,
+            "description": f"invalid_phase_transition, or {_SIGNED_IN}",
+        },
     },
 )
 async def update_my_session(
     update: SessionUpdate,
     response: Response,
-    cookie: SessionCookieForWrite,
+    caller: SessionCookieForWrite,
     sessions: SessionServiceDep,
     settings: SettingsDep,
     client_ip: ClientIpDep,
     if_match: IfMatchDep,
 ) -> SessionResponse:
-    """Partial update; creates the session and cookie when there is none. If-Match optional."""
+    """Partial update of the cookie's session (also with a bearer); else creates one, or 409."""
+    cookie = caller.cookie
     written = await sessions.write_progress(
         token=cookie,
         client_ip=client_ip,
         update=update,
         expected_version=expected_version(if_match),
         require_existing=if_match is not None,
+        signed_in=caller.user is not None,
     )
     row = written.session
     if written.dead_cookie:
@@ -124,7 +148,7 @@ async def update_my_session(
     responses=error_responses(401, 403, 404, 409, 503),
 )
 async def complete_my_session(
-    auth: CurrentAuth, response: Response, sessions: SessionServiceDep, settings: SettingsDep
+    auth: SessionCaller, response: Response, sessions: SessionServiceDep, settings: SettingsDep
 ) -> SessionResponse:
     """Only from greenlight (409 completion_not_allowed otherwise); idempotent."""
     if auth.session is None:
@@ -141,7 +165,7 @@ async def complete_my_session(
     responses=error_responses(401, 403, 404, 503),
 )
 async def delete_my_session(
-    auth: CurrentAuth, response: Response, sessions: SessionServiceDep, settings: SettingsDep
+    auth: SessionCaller, response: Response, sessions: SessionServiceDep, settings: SettingsDep
 ) -> None:
     """Deletes the session, its conversations and messages, and clears the cookie."""
     if auth.session is None:
@@ -157,9 +181,9 @@ async def delete_my_session(
     responses=error_responses(401, 403, 404, 409, 503),
 )
 async def claim_session(
-    request: Request,
     response: Response,
     user: CurrentUser,
+    caller: SessionCookieForWrite,
     sessions: SessionServiceDep,
     settings: SettingsDep,
     dry_run: Annotated[
@@ -167,7 +191,7 @@ async def claim_session(
     ] = False,
 ) -> SessionClaimResponse:
     """Needs a permanent user's bearer token and the session cookie; idempotent per user."""
-    token = get_session_cookie(request, settings)
+    token = caller.cookie
     if token is None:
         raise SessionNotFoundError("No session cookie to claim.")
     outcome = await sessions.claim_session(token=token, user=user, dry_run=dry_run)
