@@ -4,18 +4,74 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import logging
+import socket
 import sys
 import uuid
+from typing import TYPE_CHECKING
 
 from autopilot_api.core.config import Settings, SettingsError, get_settings
+
+if TYPE_CHECKING:
+    import uvicorn
+
+
+def _bind(settings: Settings) -> socket.socket | None:
+    """The listening socket, bound before anything starts (uvicorn's Config.bind_socket, minus
+    its exit): a busy port must fail before the lifespan starts Postgres and PostgREST."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family=family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        reason = (
+            "is already in use"
+            if exc.errno == errno.EADDRINUSE
+            else f"cannot be bound ({exc.strerror})"
+        )
+        other = settings.port + 1 if settings.port < 65535 else settings.port - 1
+        print(  # noqa: T201
+            f"port {settings.port} on {settings.host} {reason}: stop what is listening "
+            f"there, or serve on another port with the PORT setting (e.g. PORT={other})",
+            file=sys.stderr,
+        )
+        return None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _banner(settings: Settings) -> str:
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}"
+    return (
+        "\n"
+        "  autopilot-api is ready (local mode)\n"
+        f"    API:    {url}/api/v1\n"
+        f"    Docs:   {url}/docs\n"
+        "    Token:  .venv/bin/autopilot-api token   (Authorization: Bearer <token>)\n"
+        "    Try it: README.md, 'Try it with curl'\n"
+    )
 
 
 def _serve(_: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    from autopilot_api.core.logging import configure_logging
 
     settings = get_settings()
     settings.require_data_plane()
-    uvicorn.run(
+    # This process's own lines (with WORKERS>1 the supervisor's: where it listens, workers
+    # that die) in the same format as the app's; create_app configures each worker again.
+    configure_logging(settings.log_level, settings.resolved_log_format)
+    sock = _bind(settings)
+    if sock is None:
+        return 2
+    config = uvicorn.Config(
         "autopilot_api.main:create_app",
         factory=True,
         host=settings.host,
@@ -28,7 +84,41 @@ def _serve(_: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.keepalive_timeout_seconds,
     )
-    return 0
+    try:
+        if config.workers > 1:
+            # As uvicorn.run does for workers: the supervisor hands the one socket to each.
+            logging.getLogger("uvicorn.error").info(
+                "Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
+                settings.host,
+                settings.port,
+            )
+            Multiprocess(config, sockets=[sock]).run()
+            return 0
+        banner = settings.uses_local_data_plane and settings.resolved_log_format == "console"
+        server = _server(config, banner=_banner(settings) if banner else None)
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        return 0 if server.started else STARTUP_FAILURE
+    finally:
+        sock.close()
+
+
+def _server(config: uvicorn.Config, *, banner: str | None) -> uvicorn.Server:
+    """uvicorn's Server, which (given sockets) logs where it listens, then the banner."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and sockets:
+                # uvicorn skips this line when handed sockets (it expects bind_socket's).
+                self._log_started_message(sockets)
+                if banner:
+                    print(banner, file=sys.stderr, flush=True)  # noqa: T201
+
+    return Server(config)
 
 
 def _migrate(_: argparse.Namespace) -> int:

@@ -116,7 +116,7 @@ def _install_docs(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.resolved_log_format)
     app = FastAPI(
         title="autopilot-api",
         version="0.1.0",

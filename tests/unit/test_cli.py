@@ -1,10 +1,14 @@
-"""The command line: each command has --help; token refuses against hosted Supabase."""
+"""The command line: each command has --help; token refuses against hosted Supabase; serve
+fails early on a busy port."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from jose import jwt
@@ -73,3 +77,32 @@ def test_token_carries_the_issuer_the_local_service_is_told_to_check() -> None:
     result = run_cli("token", env={"SUPABASE_JWT_SECRET": secret, "SUPABASE_JWT_ISSUER": issuer})
     assert result.returncode == 0
     assert jwt.get_unverified_claims(result.stdout.strip())["iss"] == issuer
+
+
+def test_a_busy_port_fails_at_once_naming_it_before_any_data_plane_starts(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "local"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        result = run_cli(
+            "serve",
+            env={
+                "LOCAL_MODE": "true",
+                "PORT": str(port),
+                "LOCAL_DATA_DIR": str(data_dir),
+                "LOG_LEVEL": "INFO",
+            },
+        )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip()
+    assert f"port {port} on 127.0.0.1 is already in use" in message
+    assert "PORT setting" in message
+    assert len(message.splitlines()) == 1, message
+    # Nothing was started: no cluster, no PostgREST, no secrets (and no log line above).
+    assert not data_dir.exists()
+    assert elapsed < 15

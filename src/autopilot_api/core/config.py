@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     keepalive_timeout_seconds: int = Field(default=75, ge=1, le=3600)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     # --- anonymous sessions ----------------------------------------------------------
     session_cookie_name: str = Field(default="autopilot_session", pattern=r"^[A-Za-z0-9_\-]+$")
@@ -201,6 +202,13 @@ class Settings(BaseSettings):
         if self.supabase_url and not self.local_mode:
             return f"{self.supabase_url}/auth/v1"
         return None
+
+    @property
+    def resolved_log_format(self) -> Literal["json", "console"]:
+        """auto: readable lines for a person running `make run`, JSON for log collectors."""
+        if self.log_format == "auto":
+            return "console" if self.local_mode else "json"
+        return self.log_format
 
     @property
     def uses_local_data_plane(self) -> bool:

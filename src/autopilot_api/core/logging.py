@@ -1,10 +1,12 @@
-"""Logging: one JSON object per line, with the request id; AUDIT sits between INFO and
-WARNING (claims and the like)."""
+"""Logging: one JSON object per line, with the request id (production), or one readable line
+per event (local mode); AUDIT sits between INFO and WARNING (claims and the like)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +35,70 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Extras that only repeat the message for uvicorn's own coloured console.
+_CONSOLE_SKIPPED = {"color_message"}
+_CONTINUATION = "    "
+_PLAIN_VALUE = re.compile(r"^[^\s\"'=]+$")
+_LEVEL_COLOURS = {
+    "DEBUG": "\x1b[2m",
+    "INFO": "\x1b[32m",
+    "AUDIT": "\x1b[36m",
+    "WARNING": "\x1b[33m",
+    "ERROR": "\x1b[31m",
+    "CRITICAL": "\x1b[1;31m",
+}
+_DIM, _RESET = "\x1b[2m", "\x1b[0m"
+
+
+def _console_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if _PLAIN_VALUE.match(text) else json.dumps(text)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """`time level logger message key=value …`; continuation lines (multi-line messages,
+    tracebacks) are indented so every event still starts at the left margin."""
+
+    def __init__(self, *, colour: bool | None = None) -> None:
+        super().__init__()
+        self._colour = colour
+
+    def _use_colour(self) -> bool:
+        if self._colour is not None:
+            return self._colour
+        # https://no-color.org; and never escape codes into a file or a pipe.
+        return "NO_COLOR" not in os.environ and sys.stderr.isatty()
+
+    def format(self, record: logging.LogRecord) -> str:
+        colour = self._use_colour()
+        time = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+        level = f"{record.levelname:<7}"
+        name = record.name
+        if colour:
+            time, name = f"{_DIM}{time}{_RESET}", f"{_DIM}{name}{_RESET}"
+            level = f"{_LEVEL_COLOURS.get(record.levelname, '')}{level}{_RESET}"
+        first, *rest = record.getMessage().splitlines() or [""]
+        pairs = []
+        request_id = request_id_var.get()
+        if request_id != "-":
+            pairs.append(("request_id", request_id))
+        pairs += [
+            (key, value)
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD and key not in _CONSOLE_SKIPPED
+        ]
+        fields = " ".join(
+            f"{_DIM}{key}={_RESET}{_console_value(value)}"
+            if colour
+            else f"{key}={_console_value(value)}"
+            for key, value in pairs
+        )
+        line = " ".join(part for part in (time, level, name, first, fields) if part)
+        if record.exc_info:
+            rest += self.formatException(record.exc_info).splitlines()
+        return "\n".join([line, *(_CONTINUATION + extra for extra in rest)])
+
+
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stderr is at the time (test runners swap it)."""
 
@@ -45,12 +111,15 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return None
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, log_format: str = "json") -> None:
     handler = _StderrHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(ConsoleFormatter() if log_format == "console" else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Console: Python warnings (pgserver's platformdirs has one) as events like the others,
+    # not as bare lines between them. JSON output stays as it always was.
+    logging.captureWarnings(log_format == "console")
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
