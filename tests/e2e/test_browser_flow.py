@@ -1,13 +1,12 @@
-"""The demo SPA in headless Chromium (Debian's, driven by Playwright), served from another
+"""The demo SPA in headless Chromium (driven by Playwright), served from another
 origin than the API: chat (streamed), answers filling in from the events stream, sign in
-with a local development token, claim. Then the API confirms what the browser did."""
+with a local development token, claim. Then the API confirms what the browser did.
+Chromium: see tests/fixtures/chromium.py (CHROMIUM_PATH, or apt-get as root)."""
 
 from __future__ import annotations
 
 import functools
 import http.server
-import shutil
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from autopilot_api.core.security import mint_user_token
 from autopilot_api.local.dataplane import LocalDataPlane, free_port
 from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.conftest import make_settings
+from tests.fixtures.chromium import ChromiumUnavailableError, find_chromium
 from tests.fixtures.factories import token_issuer
 from tests.fixtures.processes import ServiceProcess, start_service
 
@@ -37,20 +37,19 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def chromium_path() -> str:
-    """Debian's Chromium, installed on first use (Playwright's own download is not used)."""
-    found = shutil.which("chromium")
-    if found is None:
-        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "chromium"],
-            check=True,
-            capture_output=True,
-            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-        found = shutil.which("chromium")
-    assert found, "chromium could not be installed"
-    return found
+@pytest.fixture
+def chromium(capsys: pytest.CaptureFixture[str]) -> str:
+    """The browser's path; installing it is announced on the terminal, past pytest's capture."""
+
+    def announce(line: str) -> None:
+        with capsys.disabled():
+            print(f"\n{line}", flush=True)  # noqa: T201
+
+    try:
+        return find_chromium(announce=announce)
+    except ChromiumUnavailableError as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,7 @@ def send(page: Page, text: str, replies: int) -> None:
 
 
 def test_visitor_chats_sees_answers_live_signs_in_and_claims(
-    api: ServiceProcess, spa_origin: str, data_plane: LocalDataPlane
+    api: ServiceProcess, spa_origin: str, data_plane: LocalDataPlane, chromium: str
 ) -> None:
     assert data_plane.info is not None
     user_id = uuid.uuid4()
@@ -105,7 +104,7 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
     screenshot = ARTIFACTS / "e2e-claimed-profile.png"
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(f"{spa_origin}/index.html?api={api.base_url}")
         page.wait_for_selector("body[data-state='ready'][data-events='open']", timeout=15_000)
@@ -156,10 +155,12 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
     assert screenshot.stat().st_size > 10_000
 
 
-def test_docs_page_renders_with_no_failed_request_or_console_error(api: ServiceProcess) -> None:
+def test_docs_page_renders_with_no_failed_request_or_console_error(
+    api: ServiceProcess, chromium: str
+) -> None:
     failures: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         page = browser.new_page()
         page.on("requestfailed", lambda request: failures.append(f"failed {request.url}"))
         page.on(

@@ -31,6 +31,9 @@ EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "15")
 # make test replays one fixed seed, so CI is repeatable; check-reliability sets it empty
 # (a fresh seed every run) to keep finding new inputs.
 SEED = os.environ.get("FUZZ_SEED", "20261120")
+# schemathesis keeps its crash cache (and hypothesis its examples) under the working
+# directory: run it in an ignored folder, so a test run never rewrites tracked files.
+ARTIFACTS = PROJECT_ROOT / ".artifacts" / "schemathesis"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,8 @@ def run_schemathesis(base_url: str, headers: dict[str, str], report: Path) -> tu
     assert executable, "schemathesis is installed with the dev extra"
     args = [
         executable,
+        "--config-file",
+        str(PROJECT_ROOT / "schemathesis.toml"),
         "run",
         f"{base_url}/openapi.json",
         "--checks",
@@ -74,10 +79,13 @@ def run_schemathesis(base_url: str, headers: dict[str, str], report: Path) -> tu
         "--report-junit-path",
         str(report),
     ]
+    if SEED:
+        args += ["--seed", SEED]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        args, capture_output=True, text=True, timeout=600, check=False, cwd=PROJECT_ROOT
+        args, capture_output=True, text=True, timeout=600, check=False, cwd=ARTIFACTS
     )
     return result.returncode, result.stdout + result.stderr
 

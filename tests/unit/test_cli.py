@@ -1,8 +1,10 @@
-"""The command line: each command has --help; token refuses against hosted Supabase; serve
-fails early on a busy port."""
+"""The command line: the console script and `python -m autopilot_api` list every command,
+each command has --help; token refuses against hosted Supabase; serve fails early on a
+busy port."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -28,7 +30,31 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
-@pytest.mark.parametrize("command", ["serve", "migrate", "cleanup", "token"])
+COMMANDS = ["serve", "migrate", "cleanup", "token"]
+ENTRY_POINTS = {
+    "console script": [str(Path(sys.executable).parent / "autopilot-api")],
+    "python -m": [sys.executable, "-m", "autopilot_api"],
+}
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_help_lists_every_command_with_what_it_does(entry_point: str) -> None:
+    result = subprocess.run(
+        [*ENTRY_POINTS[entry_point], "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: autopilot-api ")
+    for command in COMMANDS:
+        assert re.search(rf"^\s+{command}\s+\S", result.stdout, re.MULTILINE), command
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
     result = run_cli(command, "--help")
     assert result.returncode == 0

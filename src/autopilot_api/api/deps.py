@@ -35,6 +35,7 @@ from autopilot_api.models.auth import (
 )
 from autopilot_api.models.conversation import Conversation
 from autopilot_api.models.session import ResolvedSession
+from autopilot_api.schemas.common import IF_MATCH_PATTERN
 from autopilot_api.services.admin_service import AdminService
 from autopilot_api.services.agent_service import AgentService
 from autopilot_api.services.chat_service import ChatService
@@ -427,7 +428,7 @@ async def get_if_match(
         str | None,
         Header(
             description='Optional: the ETag you read ("v<version>"), or *; stale → 412.',
-            pattern=r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$',
+            pattern=IF_MATCH_PATTERN,
         ),
     ] = None,
 ) -> int | Literal["*"] | None:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from autopilot_api.core.errors import AppError, ErrorCategory, InternalError, error_envelope
+from autopilot_api.api.validation_errors import BodySchema, body_schema, describe
+from autopilot_api.core.errors import (
+    AppError,
+    ErrorCategory,
+    InternalError,
+    error_envelope,
+    field_error,
+)
 from autopilot_api.core.request_context import clear_cookie_var, request_id_var
 from autopilot_api.core.supabase import data_plane_error, is_transient
 
@@ -62,8 +69,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
         # FastAPI's "could not parse the body" (not JSON, not UTF-8): a validation error.
+        message = "The body is not valid JSON."
         return JSONResponse(
-            error_envelope("validation_error", "The body is not valid JSON.", "user_fixable"),
+            error_envelope(
+                "validation_error",
+                message,
+                "user_fixable",
+                [field_error(["body"], message, "json_invalid")],
+            ),
             status_code=422,
         )
     code, message = _HTTP_CODES.get(exc.status_code, ("http_error", "The request failed."))
@@ -76,27 +89,27 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
-    details = []
-    for error in exc.errors():
-        details.append(
-            {
-                "loc": [str(part) for part in error.get("loc", ())],
-                "msg": str(error.get("msg", "")),
-                "type": str(error.get("type", "")),
-            }
-        )
-    return details
+def _body_schema(request: Request) -> BodySchema | None:
+    route = request.scope.get("route")
+    body_field = getattr(route, "body_field", None) if isinstance(route, APIRoute) else None
+    if body_field is None:
+        return None
+    try:
+        return body_schema(body_field.field_info.annotation)
+    except TypeError:  # an unhashable annotation cannot be cached: paths stay pydantic's
+        return None
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    details = describe(
+        exc.errors(),
+        body=_body_schema(request),
+        content_type=request.headers.get("content-type"),
+    )
     return JSONResponse(
         error_envelope(
-            "validation_error",
-            "The request is not valid; see details.",
-            "user_fixable",
-            _validation_details(exc),
+            "validation_error", "The request is not valid; see details.", "user_fixable", details
         ),
         status_code=422,
     )

@@ -5,6 +5,7 @@ Services never import FastAPI; an error knows its own code, status and category.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 ErrorCategory = Literal["user_fixable", "admin_required", "temporary"]
@@ -46,6 +47,28 @@ def error_envelope(
     code: str, message: str, category: ErrorCategory, details: Any = None
 ) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "category": category, "details": details}}
+
+
+def field_name(loc: Sequence[str | int]) -> str:
+    """A field as the client wrote it: `answers.facility_type.value`, `selectedProductIds[0]`,
+    `body` (the whole body), `header If-Match`, `query limit`."""
+    if not loc:
+        return "request"
+    where, *path = loc
+    dotted = ""
+    for part in path:
+        if isinstance(part, int):
+            dotted += f"[{part}]"
+        else:
+            dotted += f".{part}" if dotted else str(part)
+    if where == "body":
+        return dotted or "body"
+    return f"{where} {dotted}".rstrip()
+
+
+def field_error(loc: Sequence[str | int], message: str, error_type: str) -> dict[str, Any]:
+    """One entry of a 422's details: the field, its location, what is wrong with it."""
+    return {"field": field_name(loc), "loc": list(loc), "msg": message, "type": error_type}
 
 
 class NotFoundError(AppError):

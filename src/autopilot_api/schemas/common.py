@@ -7,6 +7,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+# Patterns a client can fail, each with what it expects in plain words (a 422 says the words,
+# never the regular expression).
+IF_MATCH_PATTERN = r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$'
+TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
+NOT_BLANK_PATTERN = r"\S"
+PATTERN_HINTS: dict[str, str] = {
+    IF_MATCH_PATTERN: 'must be a quoted version like "v3" (the ETag of your last read), or *',
+    TIMESTAMP_PATTERN: "must be an ISO 8601 timestamp like 2026-01-31T12:00:00Z",
+    NOT_BLANK_PATTERN: "must not be blank",
+}
+
 
 class CamelModel(BaseModel):
     """Responses: camelCase on the wire."""

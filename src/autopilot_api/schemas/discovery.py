@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import Field, StrictFloat, StrictInt, model_validator
+from pydantic import Field, StrictFloat, StrictInt, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from autopilot_api.models.session import SessionPhase
@@ -70,17 +70,11 @@ class AnswerInput(CamelInput):
     value: AnswerValue
 
 
-_NOT_NULLABLE = (
-    "phase",
-    "currentQuestionIndex",
-    "current_question_index",
-    "answers",
-    "roiInputs",
-    "roi_inputs",
-    "selectedProductIds",
-    "selected_product_ids",
-    "metadata",
-)
+def _refuse_null(value: Any) -> Any:
+    # null would read as "clear it", which these fields do not support: say so at the field.
+    if value is None:
+        raise ValueError("Input should not be null; leave the field out to keep its value")
+    return value
 
 
 class ProgressUpdate(CamelInput):
@@ -98,14 +92,17 @@ class ProgressUpdate(CamelInput):
     selected_product_ids: list[UUID] | SkipJsonSchema[None] = Field(default=None, max_length=100)
     timeframe: str | None = Field(default=None, max_length=200)
 
-    @model_validator(mode="before")
+    @field_validator(
+        "answers",
+        "roi_inputs",
+        "phase",
+        "current_question_index",
+        "selected_product_ids",
+        mode="before",
+    )
     @classmethod
-    def _refuse_null_for_required_fields(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in _NOT_NULLABLE:
-                if key in data and data[key] is None:
-                    raise ValueError(f"{key} cannot be null")
-        return data
+    def _not_null(cls, value: Any) -> Any:
+        return _refuse_null(value)
 
 
 class SessionUpdate(ProgressUpdate):
@@ -113,11 +110,17 @@ class SessionUpdate(ProgressUpdate):
         default=None, description="Merged key by key into the session's metadata."
     )
 
-    @model_validator(mode="after")
-    def _bound_metadata(self) -> SessionUpdate:
-        if self.metadata is not None and len(json.dumps(self.metadata)) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata must serialise to at most {MAX_METADATA_BYTES} bytes")
-        return self
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_not_null(cls, value: Any) -> Any:
+        return _refuse_null(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _bound_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
+            raise ValueError(f"Input should be at most {MAX_METADATA_BYTES} bytes as JSON")
+        return value
 
 
 class DiscoveryProfileUpdate(ProgressUpdate):

@@ -7,14 +7,17 @@ from typing import Annotated, Any
 
 from pydantic import Field, StrictInt, StringConstraints
 
-from autopilot_api.schemas.common import CamelInput, CamelModel
+from autopilot_api.schemas.common import NOT_BLANK_PATTERN, CamelInput, CamelModel
 
 MAX_COMPANIES = 10_000
 MAX_IDS_PER_CALL = 10_000
 # Ids the SPA can hold exactly: JavaScript numbers are exact up to 2**53 - 1.
 EmployeeId = Annotated[StrictInt, Field(ge=0, le=2**53 - 1)]
 CompanyName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=r"\S")
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=200, pattern=NOT_BLANK_PATTERN
+    ),
 ]
 
 

@@ -11,7 +11,7 @@ from uuid import UUID
 from supabase import AsyncClient
 
 from autopilot_api.core.config import Settings
-from autopilot_api.core.errors import ValidationFailedError
+from autopilot_api.core.errors import ValidationFailedError, field_error
 from autopilot_api.core.supabase import call_rpc
 
 
@@ -27,7 +27,7 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise ValidationFailedError(
             "The cursor is not one this endpoint returned.",
-            details=[{"loc": ["query", "cursor"], "msg": "invalid cursor", "type": "cursor"}],
+            details=[field_error(["query", "cursor"], "invalid cursor", "cursor")],
         ) from exc
     return seen, session_id
 

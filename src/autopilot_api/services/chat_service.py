@@ -17,6 +17,7 @@ from autopilot_api.core.errors import (
     IdempotencyKeyInUseError,
     ModelUnavailableError,
     ValidationFailedError,
+    field_error,
 )
 from autopilot_api.models.auth import AuthContext
 from autopilot_api.models.conversation import Conversation, Message, MessageStatus
@@ -80,12 +81,12 @@ class ChatService:
         if len(content) > self._settings.message_max_chars:
             raise ValidationFailedError(
                 f"A message may have at most {self._settings.message_max_chars} characters.",
-                details=[{"loc": ["body", "content"], "msg": "too long", "type": "too_long"}],
+                details=[field_error(["body", "content"], "too long", "too_long")],
             )
         if not content.strip():
             raise ValidationFailedError(
                 "A message cannot be blank.",
-                details=[{"loc": ["body", "content"], "msg": "blank", "type": "blank"}],
+                details=[field_error(["body", "content"], "blank", "blank")],
             )
         owner = await self._owner(conversation, auth)
         caller = f"user:{owner.user.id}" if owner.user else f"session:{owner.session_id}"

@@ -10,7 +10,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from autopilot_api.core.errors import ValidationFailedError
+from autopilot_api.core.errors import ValidationFailedError, field_error
 from autopilot_api.models.session import AnswerSource, DiscoveryAnswer, ROIInputEntry
 from autopilot_api.schemas.discovery import MAX_TEXT_ANSWER_CHARS, AnswerValue, ProgressUpdate
 from autopilot_api.services.extraction_constants import QUESTION_BY_KEY
@@ -84,11 +84,7 @@ def build_progress_patch(update: ProgressUpdate) -> dict[str, Any]:
             raise ValidationFailedError(
                 "Unknown question keys; see GET /api/v1/discovery/questions.",
                 details=[
-                    {
-                        "loc": ["body", "answers", key],
-                        "msg": "unknown question key",
-                        "type": "unknown_key",
-                    }
+                    field_error(["body", "answers", key], "unknown question key", "unknown_key")
                     for key in unknown
                 ],
             )
@@ -102,19 +98,15 @@ def build_progress_patch(update: ProgressUpdate) -> dict[str, Any]:
             value = normalise_answer_value(key, given.value)
             if value is None:
                 problems.append(
-                    {
-                        "loc": ["body", "answers", key, "value"],
-                        "msg": "answer is empty",
-                        "type": "empty_value",
-                    }
+                    field_error(["body", "answers", key, "value"], "answer is empty", "empty_value")
                 )
             elif isinstance(value, str) and len(value) > MAX_TEXT_ANSWER_CHARS:
                 problems.append(
-                    {
-                        "loc": ["body", "answers", key, "value"],
-                        "msg": f"at most {MAX_TEXT_ANSWER_CHARS} characters",
-                        "type": "too_long",
-                    }
+                    field_error(
+                        ["body", "answers", key, "value"],
+                        f"at most {MAX_TEXT_ANSWER_CHARS} characters",
+                        "too_long",
+                    )
                 )
             else:
                 to_set[key] = build_answer(key, value, source="user", updated_at=now)

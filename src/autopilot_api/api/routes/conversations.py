@@ -19,7 +19,7 @@ from autopilot_api.api.deps import (
 from autopilot_api.api.sse import DisconnectAwareEventSourceResponse, sse_event
 from autopilot_api.models.auth import AuthContext
 from autopilot_api.models.conversation import Conversation
-from autopilot_api.schemas.common import error_responses
+from autopilot_api.schemas.common import TIMESTAMP_PATTERN, error_responses
 from autopilot_api.schemas.conversation import (
     ChatTurnPublic,
     ConversationCreate,
@@ -88,7 +88,7 @@ async def get_conversation(
         str | None,
         Query(
             description="nextBefore of the previous page (an ISO 8601 timestamp).",
-            pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$",
+            pattern=TIMESTAMP_PATTERN,
         ),
     ] = None,
 ) -> ConversationWithMessages:
