@@ -5,11 +5,15 @@ stored before this that does not fit, nor fails on it."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import pytest_asyncio
 from fastapi import FastAPI
@@ -17,7 +21,7 @@ from fastapi import FastAPI
 from autopilot_api.core.config import Settings
 from autopilot_api.local.dataplane import LocalDataPlane
 from autopilot_api.services.extraction_constants import QUESTION_BY_KEY, QUESTION_KEYS_IN_ORDER
-from tests.conftest import browser_client, running_app
+from tests.conftest import browser_client, plane_info, running_app
 from tests.fixtures.factories import answer, make_user, start_session, valid_value
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply
 from tests.integration.test_conversations import (
@@ -53,6 +57,14 @@ async def online_app(
 async def online(online_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with browser_client(online_app) as http:
         yield http
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def problems(response: httpx.Response) -> dict[str, str]:
@@ -280,6 +292,43 @@ class TestOfflineAgent:
         assert session["roiInputs"]["laborRate"] == 35
 
 
+def legacy_answer(key: str, value: Any, source: str, at: datetime) -> dict[str, Any]:
+    question = QUESTION_BY_KEY[key]
+    return {
+        "questionId": question.id,
+        "key": key,
+        "label": question.label,
+        "value": value,
+        "group": question.group,
+        "source": source,
+        "updatedAt": iso(at),
+    }
+
+
+def store_directly(
+    data_plane: LocalDataPlane,
+    *,
+    session_token: str | None = None,
+    user_id: Any = None,
+    answers: dict[str, Any],
+    roi_inputs: dict[str, Any] | None = None,
+) -> None:
+    """Write as the code before typed answers could: straight into the table."""
+    with psycopg.connect(plane_info(data_plane).database_url, autocommit=True) as conn:
+        if session_token is not None:
+            conn.execute(
+                "update autopilot.sessions set answers = %s::jsonb, roi_inputs = %s::jsonb"
+                " where token_hash = %s",
+                (json.dumps(answers), json.dumps(roi_inputs or {}), token_hash(session_token)),
+            )
+        else:
+            conn.execute(
+                "update autopilot.discovery_profiles set answers = %s::jsonb,"
+                " roi_inputs = %s::jsonb where profile_id = %s",
+                (json.dumps(answers), json.dumps(roi_inputs or {}), user_id),
+            )
+
+
 @ASYNC
 class TestExtraction:
     async def test_invalid_values_are_dropped_with_a_log_line_naming_only_the_key(
@@ -343,3 +392,132 @@ class TestExtraction:
         }
         assert value_schema("budget_approved") == {"type": "boolean"}
         assert value_schema("facility_location")["type"] == "string"
+
+    async def test_a_valid_value_replaces_a_legacy_invalid_answer_even_the_persons_own(
+        self, online: httpx.AsyncClient, model: FakeOpenAIServer, data_plane: LocalDataPlane
+    ) -> None:
+        conversation_id = await new_conversation(online)
+        token = online.cookies.get(COOKIE)
+        assert token
+        old = datetime.now(UTC) - timedelta(days=3)
+        store_directly(
+            data_plane,
+            session_token=token,
+            answers={
+                "budget_range": legacy_answer("budget_range", "not-an-option", "user", old),
+                "facility_type": legacy_answer("facility_type", "cold storage", "user", old),
+            },
+        )
+        model.responder = lambda request: (
+            Reply(
+                json_content=extraction_json(
+                    [
+                        {"key": "budget_range", "value": "under $100k"},
+                        {"key": "facility_type", "value": "fulfillment center"},
+                    ]
+                )
+            )
+            if "response_format" in request
+            else None
+        )
+        await say(online, conversation_id, "under 100k; we run a fulfillment center")
+        answers = (await online.get("/api/v1/sessions/me")).json()["answers"]
+        assert answers["budget_range"]["value"] == "under $100k"
+        assert answers["budget_range"]["source"] == "extracted"
+        assert answers["facility_type"]["value"] == "cold storage"  # valid and the person's
+
+
+@ASYNC
+class TestLegacyValuesInTheClaim:
+    async def test_the_merge_keeps_legacy_values_and_prefers_the_valid_side(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        data_plane: LocalDataPlane,
+    ) -> None:
+        now = datetime.now(UTC)
+        old, new = now - timedelta(days=2), now - timedelta(hours=1)
+        long_text = "y" * 50_000
+        user = make_user(settings)
+        assert (await client.get("/api/v1/discovery", headers=user.headers)).status_code == 200
+        store_directly(
+            data_plane,
+            user_id=user.id,
+            answers={
+                # valid, extracted and older: still beats the session's invalid user answer
+                "facility_type": legacy_answer("facility_type", "cold storage", "extracted", old),
+                # invalid user answer: loses to the session's valid extracted one
+                "sku_count": legacy_answer("sku_count", "big", "user", new),
+                # both sides invalid: the usual rule (the person's answer wins)
+                "budget_range": legacy_answer("budget_range", "not-an-option", "user", old),
+            },
+            roi_inputs={"laborRate": {"value": 20, "source": "extracted", "updatedAt": iso(old)}},
+        )
+        token = await start_session(client)
+        store_directly(
+            data_plane,
+            session_token=token,
+            answers={
+                "facility_type": legacy_answer("facility_type", "spaceship", "user", new),
+                "sku_count": legacy_answer("sku_count", 40, "extracted", old),
+                "budget_range": legacy_answer("budget_range", "also-not", "extracted", new),
+                # only on one side, invalid: kept as it is
+                "facility_location": legacy_answer("facility_location", long_text, "user", new),
+                "budget_approved": legacy_answer("budget_approved", "yes", "user", new),
+            },
+            roi_inputs={"laborRate": {"value": -5, "source": "user", "updatedAt": iso(new)}},
+        )
+        response = await client.post("/api/v1/sessions/claim", headers=user.headers)
+        assert response.status_code == 200, response.text
+        answers = {k: a["value"] for k, a in response.json()["profile"]["answers"].items()}
+        assert answers == {
+            "facility_type": "cold storage",
+            "sku_count": 40,
+            "budget_range": "not-an-option",
+            "facility_location": long_text,
+            "budget_approved": "yes",
+        }
+        profile = (await client.get("/api/v1/discovery", headers=user.headers)).json()
+        assert profile["answers"]["facility_location"]["value"] == long_text
+        assert profile["roiInputs"]["laborRate"] == 20
+
+
+class TestSqlAgreesWithPython:
+    def test_the_merges_rules_are_the_catalogues(self, data_plane: LocalDataPlane) -> None:
+        from autopilot_api.services.answer_validation import catalogue_rules
+
+        with psycopg.connect(plane_info(data_plane).database_url) as conn:
+            row = conn.execute("select autopilot_private.answer_rules()").fetchone()
+        assert row is not None
+        assert row[0] == catalogue_rules()
+
+    def test_sql_and_python_judge_stored_values_alike(self, data_plane: LocalDataPlane) -> None:
+        from autopilot_api.services.answer_validation import is_valid_stored
+
+        samples: list[tuple[str, Any]] = []
+        keys = [*QUESTION_KEYS_IN_ORDER, "laborRate", "utilization", "manualMonthlyHours"]
+        for key in keys:
+            question = QUESTION_BY_KEY.get(key)
+            good = valid_value(key) if question else 0.5
+            for value in (good, "big", 5, -1, 0, 0.5, 25, 101, True, None, "x" * 2001, " "):
+                samples.append((key, value))
+        samples += [("facility_type", " COLD storage "), ("budget_range", "OVER $1m")]
+        samples += [("not_a_key", "anything")]
+        with psycopg.connect(plane_info(data_plane).database_url) as conn:
+            in_sql = [
+                conn.execute(
+                    "select autopilot_private.entry_is_valid("
+                    "%s, jsonb_build_object('value', %s::jsonb))",
+                    (key, json.dumps(value)),
+                ).fetchone()
+                for key, value in samples
+            ]
+        in_python = [is_valid_stored(key, value) for key, value in samples]
+        mismatches = [
+            (key, value, sql, python)
+            for (key, value), (sql,), python in zip(samples, in_sql, in_python, strict=True)  # type: ignore[misc]
+            if sql is not python
+        ]
+        assert mismatches == []
+        assert in_python.count(True) > len(keys)  # the samples exercise both outcomes
+        assert in_python.count(False) > len(keys)
