@@ -83,6 +83,34 @@ def api(
         service.stop()
 
 
+# What a visitor types for the questions after the first three, in asking order: each
+# answer fits its question (the agent would ask again otherwise), typed as people type.
+TYPED_ANSWERS = {
+    "number_of_sites": "2",
+    "operating_hours_per_day": "16",
+    "operating_days_per_week": "5",
+    "primary_processes": "picking and packing",
+    "daily_throughput_units": "12k",
+    "sku_count": "4,500",
+    "current_automation_level": "some automation",
+    "biggest_bottleneck": "picking",
+    "error_damage_rate": "2%",
+    "floor_headcount": "40",
+    "shifts_per_day": "2",
+    "labor_turnover_rate": "45%",
+    "hard_to_fill_roles": "forklift drivers",
+    "average_hourly_wage": "$21/hour",
+    "primary_goal": "reduce labor cost",
+    "success_metric": "cost per order",
+    "other_goals": "safety",
+    "budget_range": "$250k-$500k",
+    "budget_approved": "yes",
+    "desired_timeline": "6-12 months",
+    "decision_makers": "the COO",
+    "financing_preference": "lease",
+}
+
+
 def send(page: Page, text: str, replies: int) -> None:
     page.fill("#message", text)
     page.click("#send")
@@ -115,9 +143,10 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
             # The table fills in from the live events stream, not from the chat reply.
             page.wait_for_selector(f"body[data-answers='{count}']", timeout=15_000)
         replies = 4
-        for _ in range(len(QUESTION_KEYS_IN_ORDER) - 3):
+        assert tuple(TYPED_ANSWERS) == QUESTION_KEYS_IN_ORDER[3:]
+        for typed in TYPED_ANSWERS.values():
             replies += 1
-            send(page, "12", replies=replies)
+            send(page, typed, replies=replies)
         page.wait_for_selector("#phase:has-text('ROI analysis')", timeout=15_000)
         for roi_answer in ("35", "80%", "0.1", "12000", "400"):
             replies += 1
@@ -128,7 +157,10 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
         page.click("#claim")
         page.wait_for_selector("body[data-state='claimed']", timeout=15_000)
         assert page.inner_text("#answers-title") == "Saved to your profile"
-        assert page.inner_text("tr[data-key='facility_type'] td.value") == "warehouse"
+        assert (
+            page.inner_text("tr[data-key='facility_type'] td.value")
+            == "warehouse / distribution center"
+        )
         page.screenshot(path=str(screenshot), full_page=True)
         browser.close()
 
@@ -136,8 +168,13 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
     profile = httpx.get(f"{api.base_url}/api/v1/discovery", headers=headers).json()
     answers = {key: a["value"] for key, a in profile["answers"].items()}
     assert len(answers) == len(QUESTION_KEYS_IN_ORDER)
-    assert answers["facility_type"] == "warehouse"
+    assert answers["facility_type"] == "warehouse / distribution center"
     assert answers["facility_size_sqft"] == 120000
+    assert answers["daily_throughput_units"] == 12000
+    assert answers["sku_count"] == 4500
+    assert answers["error_damage_rate"] == 2
+    assert answers["budget_approved"] is True
+    assert answers["financing_preference"] == "lease"
     assert answers["facility_location"] == "Columbus, Ohio"
     assert profile["phase"] == "greenlight"
     assert profile["roiInputs"]["laborRate"] == 35

@@ -57,7 +57,7 @@ class TestClaimSession:
         await client.put(
             "/api/v1/sessions/me",
             json={
-                "answers": {"facility_type": answer("warehouse")},
+                "answers": {"facility_type": answer("cold storage")},
                 "roiInputs": {"laborRate": 30},
                 "phase": "roi",
             },
@@ -72,7 +72,7 @@ class TestClaimSession:
         assert body["conversationsMoved"] == 1
         profile = body["profile"]
         assert profile["profileId"] == str(user.id)
-        assert profile["answers"]["facility_type"]["value"] == "warehouse"
+        assert profile["answers"]["facility_type"]["value"] == "cold storage"
         assert profile["roiInputs"]["laborRate"] == 30
         assert profile["phase"] == "roi"
 
@@ -89,7 +89,7 @@ class TestClaimSession:
         assert stored["claimed_at"] is not None
 
         profile_now = await client.get("/api/v1/discovery", headers=user.headers)
-        assert profile_now.json()["answers"]["facility_type"]["value"] == "warehouse"
+        assert profile_now.json()["answers"]["facility_type"]["value"] == "cold storage"
 
     async def test_claim_clears_cookie_and_the_token_no_longer_resolves(
         self, app: FastAPI, settings: Settings
@@ -377,7 +377,7 @@ class TestDiscoveryProfile:
         await client.put(
             "/api/v1/discovery",
             headers=user.headers,
-            json={"answers": {"facility_type": answer("plant")}},
+            json={"answers": {"facility_type": answer("manufacturing plant")}},
         )
         response = await client.put(
             "/api/v1/discovery", headers=user.headers, json={"answers": {"sku_count": answer(40)}}

@@ -18,7 +18,7 @@ from autopilot_api.core.config import Settings
 from autopilot_api.local.dataplane import LocalDataPlane
 from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.conftest import browser_client, make_settings, running_app
-from tests.fixtures.factories import SPA_ORIGIN, answer, make_user, start_session
+from tests.fixtures.factories import SPA_ORIGIN, answer, make_user, start_session, valid_value
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply
 from tests.fixtures.processes import ServiceProcess, start_service
 
@@ -61,11 +61,15 @@ def extraction_json(answers: list[dict[str, Any]], **roi: float) -> dict[str, An
             "manualMonthlyHours",
         )
     }
-    return {
-        "answers": [{"evidence": None, "confidence": 0.9, **a} for a in answers],
-        "roi_inputs": roi_inputs,
-        "confidence": 0.8,
-    }
+    # The strict schema's shape: every question key present, null when nothing is new.
+    by_key: dict[str, Any] = dict.fromkeys(QUESTION_KEYS_IN_ORDER)
+    for given in answers:
+        by_key[given["key"]] = {
+            "value": given["value"],
+            "evidence": given.get("evidence"),
+            "confidence": given.get("confidence", 0.9),
+        }
+    return {"answers": by_key, "roi_inputs": roi_inputs, "confidence": 0.8}
 
 
 @pytest.fixture
@@ -197,7 +201,7 @@ class TestOfflineAgent:
             asked.append(response.json()["assistantMessage"]["content"])
         session = (await client.get("/api/v1/sessions/me")).json()
         assert set(session["answers"]) == set(QUESTION_KEYS_IN_ORDER[:5])
-        assert session["answers"]["facility_type"]["value"] == "warehouse"
+        assert session["answers"]["facility_type"]["value"] == "warehouse / distribution center"
         assert session["answers"]["facility_size_sqft"]["value"] == 120000
         assert all(a["source"] == "user" for a in session["answers"].values())
         assert asked[0].endswith("?")
@@ -207,11 +211,11 @@ class TestOfflineAgent:
         self, client: httpx.AsyncClient
     ) -> None:
         await start_session(client)
-        everything_but_last = {key: answer("x") for key in QUESTION_KEYS_IN_ORDER[:-1]}
+        everything_but_last = {key: answer(valid_value(key)) for key in QUESTION_KEYS_IN_ORDER[:-1]}
         await client.put("/api/v1/sessions/me", json={"answers": everything_but_last})
         conversation_id = await new_conversation(client)
         await say(client, conversation_id, "hi")
-        await say(client, conversation_id, "loan")
+        await say(client, conversation_id, "lease")
         assert (await client.get("/api/v1/sessions/me")).json()["phase"] == "roi"
         for value in ("35", "80%", "0.1", "12000", "400"):
             response = await say(client, conversation_id, value)
@@ -411,17 +415,21 @@ class TestExtraction:
         self, online: httpx.AsyncClient, model: FakeOpenAIServer
     ) -> None:
         await online.put(
-            "/api/v1/sessions/me", json={"answers": {"facility_type": answer("warehouse")}}
+            "/api/v1/sessions/me", json={"answers": {"facility_type": answer("cold storage")}}
         )
         model.responder = lambda request: (
-            Reply(json_content=extraction_json([{"key": "facility_type", "value": "plant"}]))
+            Reply(
+                json_content=extraction_json(
+                    [{"key": "facility_type", "value": "manufacturing plant"}]
+                )
+            )
             if "response_format" in request
             else None
         )
         conversation_id = await new_conversation(online)
         await say(online, conversation_id, "it's a plant actually")
         stored = (await online.get("/api/v1/sessions/me")).json()["answers"]["facility_type"]
-        assert stored["value"] == "warehouse"
+        assert stored["value"] == "cold storage"
         assert stored["source"] == "user"
 
     @pytest.mark.parametrize(
@@ -554,7 +562,9 @@ class TestStreamingOverRealHttp:
     ) -> None:
         model.responder = lambda request: (
             Reply(
-                json_content=extraction_json([{"key": "facility_type", "value": "plant"}]),
+                json_content=extraction_json(
+                    [{"key": "facility_type", "value": "manufacturing plant"}]
+                ),
                 delay_seconds=1.5,
             )
             if "response_format" in request
@@ -573,7 +583,7 @@ class TestStreamingOverRealHttp:
                 if answers:
                     break
                 await asyncio.sleep(0.1)
-        assert answers["facility_type"]["value"] == "plant"
+        assert answers["facility_type"]["value"] == "manufacturing plant"
 
 
 @ASYNC

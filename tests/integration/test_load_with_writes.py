@@ -17,7 +17,7 @@ import pytest
 from autopilot_api.core.config import Settings
 from autopilot_api.local.dataplane import LocalDataPlane
 from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
-from tests.fixtures.factories import SPA_ORIGIN, make_user
+from tests.fixtures.factories import SPA_ORIGIN, make_user, valid_value
 from tests.fixtures.processes import ServiceProcess, client_limits, start_service
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
@@ -28,7 +28,7 @@ VISITORS = int(os.environ.get("LOAD_VISITORS", "200"))
 class Visitor:
     index: int
     statuses: Counter[int] = field(default_factory=Counter)
-    acknowledged: dict[str, str] = field(default_factory=dict)
+    acknowledged: dict[str, object] = field(default_factory=dict)
     conversation_id: str | None = None
     claimed_by: str | None = None
     conversations_moved: int | None = None
@@ -58,7 +58,7 @@ async def visit(http: httpx.AsyncClient, visitor: Visitor, settings: Settings) -
 
     note(await http.post("/api/v1/sessions"))
     for key in QUESTION_KEYS_IN_ORDER:
-        value = f"v{visitor.index}-{key}"
+        value = valid_value(key, visitor.index)
         response = note(
             await http.put("/api/v1/sessions/me", json={"answers": {key: {"value": value}}})
         )

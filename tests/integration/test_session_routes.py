@@ -196,7 +196,7 @@ class TestUpdateMySession:
     async def test_answers_merge_per_key_and_are_enriched(self, client: httpx.AsyncClient) -> None:
         await start_session(client)
         await client.put(
-            "/api/v1/sessions/me", json={"answers": {"facility_type": answer("warehouse")}}
+            "/api/v1/sessions/me", json={"answers": {"facility_type": answer("cold storage")}}
         )
         response = await client.put(
             "/api/v1/sessions/me", json={"answers": {"sku_count": answer(1200)}}
@@ -216,7 +216,9 @@ class TestUpdateMySession:
         await start_session(client)
         await client.put(
             "/api/v1/sessions/me",
-            json={"answers": {"facility_type": answer("plant"), "sku_count": answer(5)}},
+            json={
+                "answers": {"facility_type": answer("manufacturing plant"), "sku_count": answer(5)}
+            },
         )
         response = await client.put("/api/v1/sessions/me", json={"answers": {"sku_count": None}})
         assert set(response.json()["answers"]) == {"facility_type"}
@@ -276,13 +278,13 @@ class TestUpdateMySession:
 
     async def test_without_session_creates_one_with_cookie(self, client: httpx.AsyncClient) -> None:
         response = await client.put(
-            "/api/v1/sessions/me", json={"answers": {"facility_type": answer("warehouse")}}
+            "/api/v1/sessions/me", json={"answers": {"facility_type": answer("cold storage")}}
         )
         assert response.status_code == 201
         assert response.cookies.get(COOKIE)
         assert (await client.get("/api/v1/sessions/me")).json()["answers"]["facility_type"][
             "value"
-        ] == "warehouse"
+        ] == "cold storage"
 
     async def test_stale_if_match_is_412_and_changes_nothing(
         self, client: httpx.AsyncClient

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from autopilot_api.core.config import Settings
 from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
-from tests.fixtures.factories import SPA_ORIGIN, make_user
+from tests.fixtures.factories import SPA_ORIGIN, make_user, valid_value
 from tests.fixtures.processes import ServiceProcess
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
@@ -50,11 +50,11 @@ class TestAcrossTwoProcesses:
         written = await a.put(
             "/api/v1/sessions/me",
             headers=cookie,
-            json={"answers": {"facility_type": {"value": "warehouse"}}},
+            json={"answers": {"facility_type": {"value": "cold storage"}}},
         )
         assert written.status_code == 200
         read = await b.get("/api/v1/sessions/me", headers=cookie)
-        assert read.json()["answers"]["facility_type"]["value"] == "warehouse"
+        assert read.json()["answers"]["facility_type"]["value"] == "cold storage"
         assert read.json()["version"] == written.json()["version"]
 
     async def test_25_concurrent_puts_one_per_key_all_land(
@@ -67,7 +67,7 @@ class TestAcrossTwoProcesses:
                 (a if index % 2 else b).put(
                     "/api/v1/sessions/me",
                     headers=cookie,
-                    json={"answers": {key: {"value": f"answer-{index}"}}},
+                    json={"answers": {key: {"value": valid_value(key, index)}}},
                 )
                 for index, key in enumerate(QUESTION_KEYS_IN_ORDER)
             )
@@ -75,8 +75,8 @@ class TestAcrossTwoProcesses:
         assert [r.status_code for r in results] == [200] * 25
         final = (await b.get("/api/v1/sessions/me", headers=cookie)).json()
         assert len(final["answers"]) == 25
-        assert {final["answers"][k]["value"] for k in QUESTION_KEYS_IN_ORDER} == {
-            f"answer-{i}" for i in range(25)
+        assert {k: final["answers"][k]["value"] for k in QUESTION_KEYS_IN_ORDER} == {
+            k: valid_value(k, i) for i, k in enumerate(QUESTION_KEYS_IN_ORDER)
         }
         assert final["version"] == 1 + 25
 

@@ -15,6 +15,7 @@ from autopilot_api.models.session import SessionPhase
 from autopilot_api.schemas.common import CamelInput, CamelModel
 from autopilot_api.services.extraction_constants import (
     PHASE_DISPLAY_NAMES,
+    ROI_INPUTS,
     QuestionGroup,
     QuestionKind,
 )
@@ -46,14 +47,20 @@ class ROIInputsSchema(CamelModel):
     manual_monthly_hours: float | None = Field(default=None, ge=0)
 
 
+def _roi_input(key: str) -> Any:
+    """The bounds of the ROI inputs' own catalogue (extraction_constants.ROI_INPUTS)."""
+    spec = next(spec for spec in ROI_INPUTS if spec.key == key)
+    return Field(default=None, ge=spec.minimum, le=spec.maximum, allow_inf_nan=False)
+
+
 class ROIInputsUpdate(CamelInput):
     """Per key: a number sets it, null removes it, absent keeps it."""
 
-    labor_rate: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
-    utilization: StrictFloat | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
-    maintenance_factor: StrictFloat | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
-    manual_monthly_spend: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
-    manual_monthly_hours: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
+    labor_rate: StrictFloat | None = _roi_input("laborRate")
+    utilization: StrictFloat | None = _roi_input("utilization")
+    maintenance_factor: StrictFloat | None = _roi_input("maintenanceFactor")
+    manual_monthly_spend: StrictFloat | None = _roi_input("manualMonthlySpend")
+    manual_monthly_hours: StrictFloat | None = _roi_input("manualMonthlyHours")
 
 
 class ROIInputDetail(CamelModel):
@@ -160,8 +167,11 @@ class QuestionPublic(CamelModel):
     label: str
     group: QuestionGroup
     kind: QuestionKind
-    options: list[str]
+    options: list[str] = Field(description="choice: the only values accepted (any case).")
     unit: str | None
+    minimum: float | None = Field(description="number: the smallest value accepted.")
+    maximum: float | None = Field(description="number: the largest value accepted, if any.")
+    max_length: int | None = Field(description="text: the most characters accepted.")
 
 
 def lifecycle_status(row: Mapping[str, Any]) -> SessionStatus:

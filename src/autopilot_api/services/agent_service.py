@@ -27,12 +27,16 @@ from autopilot_api.schemas.discovery import (
     ROIInputsUpdate,
     SessionUpdate,
 )
+from autopilot_api.services.answer_validation import (
+    ROI_BY_KEY,
+    InvalidAnswer,
+    expected_form,
+    parse_answer,
+    parse_roi_input,
+)
 from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
 from autopilot_api.services.extraction_constants import (
     QUESTION_BY_KEY,
-    ROI_INPUTS,
-    DiscoveryQuestion,
-    RoiInputSpec,
     next_missing_roi_input,
     next_unanswered_question,
 )
@@ -97,30 +101,19 @@ def _word_pieces(text: str) -> list[str]:
     return re.findall(r"\S+\s*", text) or [text]
 
 
-def _parse_number(text: str) -> float | None:
-    match = re.search(r"-?\d[\d,]*(?:\.\d+)?", text)
-    if match is None:
-        return None
-    return float(match.group(0).replace(",", ""))
+def _label(asked: str) -> str:
+    """The question behind an `asked` marker: a question key, or "roi:<key>"."""
+    if asked.startswith("roi:"):
+        return ROI_BY_KEY[asked.removeprefix("roi:")].label
+    return QUESTION_BY_KEY[asked].label
 
 
-def _roi_value(spec: RoiInputSpec, text: str) -> float | None:
-    number = _parse_number(text)
-    if number is None or number < spec.minimum:
-        return None
-    if spec.maximum is not None and number > spec.maximum:
-        # "80%" or "80" for a fraction
-        number = number / 100 if number <= 100 else number
-        if number > spec.maximum:
-            return None
-    return number
-
-
-def _answer_value(question: DiscoveryQuestion, text: str) -> str | float:
-    stripped = text.strip()
-    if question.kind == "number" and re.fullmatch(r"-?\d[\d,]*(?:\.\d+)?", stripped):
-        return float(stripped.replace(",", ""))
-    return stripped
+def _retry_note(key: str) -> str:
+    """Why the same question comes again, and the form an answer takes."""
+    question = QUESTION_BY_KEY.get(key)
+    if question is not None and question.kind == "boolean":
+        return "Please answer yes or no. "
+    return f"I could not use that: I need {expected_form(key)}. "
 
 
 class AgentService:
@@ -233,29 +226,29 @@ class AgentService:
         progress = owner.progress
         asked = self._last_asked(history)
         visitor_text = history[-1]["content"] if history and history[-1]["role"] == "user" else ""
-        retry_note = ""
 
-        question = QUESTION_BY_KEY.get(asked) if asked else None
-        if question is not None and asked is not None and visitor_text.strip():
-            progress = await self._record(
-                owner,
-                ProgressUpdate(
-                    answers={asked: AnswerInput(value=_answer_value(question, visitor_text))}
-                ),
-            )
-        elif asked is not None and asked.startswith("roi:"):
-            spec = next(s for s in ROI_INPUTS if s.key == asked[4:])
-            value = _roi_value(spec, visitor_text)
-            if value is None:
-                retry_note = "I could not read a number from that. "
-            else:
-                progress = await self._record(
-                    owner, ProgressUpdate(roi_inputs=ROIInputsUpdate(**{spec.key: value}))
-                )
+        # The same validator as PUT, after a lenient read of what people type ("50k", "yes");
+        # what does not fit is asked again, with the form it should take.
+        if asked is not None:
+            try:
+                if asked in QUESTION_BY_KEY and visitor_text.strip():
+                    value = parse_answer(asked, visitor_text)
+                    progress = await self._record(
+                        owner, ProgressUpdate(answers={asked: AnswerInput(value=value)})
+                    )
+                elif asked.startswith("roi:"):
+                    key = asked.removeprefix("roi:")
+                    number = parse_roi_input(key, visitor_text)
+                    progress = await self._record(
+                        owner, ProgressUpdate(roi_inputs=ROIInputsUpdate(**{key: number}))
+                    )
+            except InvalidAnswer as invalid:
+                reply.metadata = {"asked": asked}
+                return self._pieces(_retry_note(invalid.key) + _label(asked))
 
         text, asked_next, progress = await self._next_step(owner, progress)
         reply.metadata = {"asked": asked_next} if asked_next else {}
-        return self._pieces(retry_note + text)
+        return self._pieces(text)
 
     async def _next_step(
         self, owner: ChatOwner, progress: Mapping[str, Any]

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 QuestionGroup = Literal["facility", "operations", "staffing", "goals", "budget_timeline"]
 QuestionKind = Literal["text", "number", "choice", "boolean"]
+JsonSchema = dict[str, Any]
 
 QUESTION_GROUPS: Final[tuple[QuestionGroup, ...]] = (
     "facility",
@@ -32,6 +33,9 @@ class DiscoveryQuestion:
     kind: QuestionKind
     options: tuple[str, ...] = ()
     unit: str | None = None
+    # Numbers only: every number is non-negative; an upper bound where one is natural.
+    minimum: float | None = None
+    maximum: float | None = None
 
     def __post_init__(self) -> None:
         # Fail at import time rather than letting a malformed entry reach the agent or the SPA.
@@ -43,6 +47,12 @@ class DiscoveryQuestion:
             )
         if self.unit is not None and self.kind != "number":
             raise ValueError(f"question {self.key!r}: only number questions carry a unit")
+        if self.kind != "number" and (self.minimum is not None or self.maximum is not None):
+            raise ValueError(f"question {self.key!r}: only number questions carry bounds")
+        if self.kind == "number" and (self.minimum is None or self.minimum < 0):
+            raise ValueError(f"question {self.key!r}: a number's minimum is 0 or more")
+        if self.maximum is not None and self.minimum is not None and self.maximum <= self.minimum:
+            raise ValueError(f"question {self.key!r}: maximum must exceed minimum")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +73,18 @@ def _q(
     *,
     options: tuple[str, ...] = (),
     unit: str | None = None,
+    maximum: float | None = None,
 ) -> DiscoveryQuestion:
     return DiscoveryQuestion(
-        id=id, key=key, label=label, group=group, kind=kind, options=options, unit=unit
+        id=id,
+        key=key,
+        label=label,
+        group=group,
+        kind=kind,
+        options=options,
+        unit=unit,
+        minimum=0.0 if kind == "number" else None,
+        maximum=maximum,
     )
 
 
@@ -109,6 +128,7 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "facility",
         "number",
         unit="hours/day",
+        maximum=24.0,
     ),
     _q(
         6,
@@ -117,6 +137,7 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "facility",
         "number",
         unit="days/week",
+        maximum=7.0,
     ),
     # operations
     _q(
@@ -157,6 +178,7 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "operations",
         "number",
         unit="%",
+        maximum=100.0,
     ),
     # staffing
     _q(
@@ -167,7 +189,14 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "number",
         unit="people",
     ),
-    _q(14, "shifts_per_day", "How many shifts do you run per day?", "staffing", "number"),
+    _q(
+        14,
+        "shifts_per_day",
+        "How many shifts do you run per day?",
+        "staffing",
+        "number",
+        maximum=24.0,
+    ),
     _q(
         15,
         "labor_turnover_rate",
@@ -369,8 +398,9 @@ EXTRACTION_SYSTEM_PROMPT: Final[str] = (
     "You read a conversation between a visitor and an automation consultant and extract "
     "facts the visitor stated about their facility. Only report what the visitor said or "
     "clearly confirmed, never guesses. Report only answers that are new or changed compared "
-    "with the current answers you are given. Use the question keys exactly as listed. "
-    "Write each value as the visitor's fact in a few words (numbers as plain numbers). "
+    "with the current answers you are given; give null for every other question. Each value "
+    "has its question's type: one of its options, a plain number in the question's unit "
+    "(percentages as 0-100), true or false, or the visitor's fact in a few words. "
     "For ROI inputs give numbers only when the visitor stated them: laborRate in USD per "
     "hour, utilization and maintenanceFactor as fractions between 0 and 1, "
     "manualMonthlySpend in USD per month, manualMonthlyHours in hours per month; "
@@ -378,35 +408,71 @@ EXTRACTION_SYSTEM_PROMPT: Final[str] = (
 )
 
 EXTRACTION_USER_PROMPT: Final[str] = (
-    "Questions (key: question):\n{questions}\n\n"
+    "Questions (key: question [expected value]):\n{questions}\n\n"
     "Current answers (key: value):\n{current_answers}\n\n"
     "Conversation (oldest first):\n{conversation}\n\n"
     "Return the answers that are new or changed, and any ROI inputs stated."
 )
 
-# Strict structured outputs: every property required, optional values nullable, keys
-# restricted by an enum, no additional properties. A fixed schema (compiled once by the
-# API) and a list of updates, so the model returns only what changed.
-EXTRACTION_SCHEMA: Final[dict[str, object]] = {
-    "type": "object",
-    "properties": {
-        "answers": {
-            "type": "array",
-            "items": {
+
+def _number_schema(minimum: float | None, maximum: float | None, *, nullable: bool) -> JsonSchema:
+    schema: JsonSchema = {"type": ["number", "null"] if nullable else "number"}
+    if minimum is not None:
+        schema["minimum"] = minimum
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return schema
+
+
+def answer_value_schema(question: DiscoveryQuestion) -> JsonSchema:
+    """The JSON schema of one question's value: what the model may return for it."""
+    if question.kind == "choice":
+        return {"type": "string", "enum": list(question.options)}
+    if question.kind == "number":
+        return _number_schema(question.minimum, question.maximum, nullable=False)
+    if question.kind == "boolean":
+        return {"type": "boolean"}
+    # strict mode has no maxLength: the validator drops an over-long text afterwards
+    return {"type": "string"}
+
+
+def _answer_entry_schema(question: DiscoveryQuestion) -> JsonSchema:
+    return {
+        "anyOf": [
+            {
                 "type": "object",
                 "properties": {
-                    "key": {"type": "string", "enum": list(QUESTION_KEYS_IN_ORDER)},
-                    "value": {"type": ["string", "null"]},
+                    "value": answer_value_schema(question),
                     "evidence": {"type": ["string", "null"]},
                     "confidence": {"type": ["number", "null"]},
                 },
-                "required": ["key", "value", "evidence", "confidence"],
+                "required": ["value", "evidence", "confidence"],
                 "additionalProperties": False,
             },
+            {"type": "null"},
+        ]
+    }
+
+
+# Strict structured outputs: every property required, optional values nullable, no
+# additional properties. One property per question, its value typed by the catalogue (an
+# option, a bounded number, a boolean), so the model can only return values that fit; null
+# for a question with nothing new. Fixed, so the API compiles it once.
+EXTRACTION_SCHEMA: Final[JsonSchema] = {
+    "type": "object",
+    "properties": {
+        "answers": {
+            "type": "object",
+            "properties": {q.key: _answer_entry_schema(q) for q in DISCOVERY_QUESTIONS},
+            "required": list(QUESTION_KEYS_IN_ORDER),
+            "additionalProperties": False,
         },
         "roi_inputs": {
             "type": "object",
-            "properties": {key: {"type": ["number", "null"]} for key in ROI_INPUT_KEYS},
+            "properties": {
+                spec.key: _number_schema(spec.minimum, spec.maximum, nullable=True)
+                for spec in ROI_INPUTS
+            },
             "required": list(ROI_INPUT_KEYS),
             "additionalProperties": False,
         },

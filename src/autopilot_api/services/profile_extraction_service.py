@@ -21,6 +21,13 @@ from autopilot_api.core.metrics import EXTRACTIONS
 from autopilot_api.core.supabase import call_rpc, translate_data_plane_error
 from autopilot_api.models.conversation import Message
 from autopilot_api.models.session import DiscoveryAnswer, ROIInputEntry
+from autopilot_api.services.answer_validation import (
+    ROI_BY_KEY,
+    InvalidAnswer,
+    expected_form,
+    parse_answer,
+    validate_roi_input,
+)
 from autopilot_api.services.event_bus import EventBus, profile_subject, session_subject
 from autopilot_api.services.extraction_constants import (
     DISCOVERY_QUESTIONS,
@@ -28,7 +35,6 @@ from autopilot_api.services.extraction_constants import (
     EXTRACTION_SYSTEM_PROMPT,
     EXTRACTION_USER_PROMPT,
     QUESTION_BY_KEY,
-    ROI_INPUTS,
 )
 from autopilot_api.services.progress import build_answer, build_roi_entry, utc_now_iso
 
@@ -36,20 +42,19 @@ logger = logging.getLogger(__name__)
 
 EXTRACTION_MESSAGE_COUNT = 10
 MAX_SUPERSEDING_RUNS = 5
-_ROI_SPECS = {spec.key: spec for spec in ROI_INPUTS}
 
 
 class _ExtractedAnswer(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    key: str
-    value: str | float | bool | None = None
+    # Typed by the schema; still checked here (strict mode cannot cap a text's length).
+    value: bool | float | str | None = None
     evidence: str | None = None
     confidence: float | None = None
 
 
 class _ExtractionPayload(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    answers: list[_ExtractedAnswer] = []
+    answers: dict[str, _ExtractedAnswer | None] = {}
     roi_inputs: dict[str, float | None] = {}
     confidence: float | None = None
 
@@ -200,7 +205,9 @@ class ProfileExtractionService:
     ) -> _ExtractionPayload | None:
         assert self._openai is not None
         prompt = EXTRACTION_USER_PROMPT.format(
-            questions="\n".join(f"{q.key}: {q.label}" for q in DISCOVERY_QUESTIONS),
+            questions="\n".join(
+                f"{q.key}: {q.label} [{expected_form(q.key)}]" for q in DISCOVERY_QUESTIONS
+            ),
             current_answers="\n".join(
                 f"{key}: {entry.get('value')}" for key, entry in current.items()
             )
@@ -256,25 +263,23 @@ class ProfileExtractionService:
     def _validate_and_enrich_answers(
         self, payload: _ExtractionPayload, *, message_id: str
     ) -> dict[str, DiscoveryAnswer]:
-        """Drop unknown keys and empty values; add questionId, label and group."""
+        """Keep the values that fit their question (the same validator as PUT, after a
+        lenient read); add questionId, label and group."""
         now = utc_now_iso()
         answers: dict[str, DiscoveryAnswer] = {}
-        for item in payload.answers:
-            question = QUESTION_BY_KEY.get(item.key)
-            if question is None or item.value is None:
+        for key, item in payload.answers.items():
+            if key not in QUESTION_BY_KEY or item is None or item.value is None:
                 continue
-            value: str | float | bool = item.value
-            if isinstance(value, str):
-                value = value.strip()
-                if not value:
-                    continue
-                if question.kind == "number":
-                    try:
-                        value = float(value.replace(",", ""))
-                    except ValueError:
-                        pass
-            answers[item.key] = build_answer(
-                item.key,
+            if isinstance(item.value, str) and not item.value.strip():
+                continue
+            try:
+                value = parse_answer(key, item.value)
+            except InvalidAnswer:
+                # The key only: the value is the visitor's words.
+                logger.info("extraction dropped a value that does not fit: key=%s", key)
+                continue
+            answers[key] = build_answer(
+                key,
                 value,
                 source="extracted",
                 updated_at=now,
@@ -288,14 +293,16 @@ class ProfileExtractionService:
     ) -> dict[str, ROIInputEntry]:
         now = utc_now_iso()
         entries: dict[str, ROIInputEntry] = {}
-        for key, value in payload.roi_inputs.items():
-            spec = _ROI_SPECS.get(key)
-            if spec is None or value is None or value < spec.minimum:
+        for key, raw in payload.roi_inputs.items():
+            if key not in ROI_BY_KEY or raw is None:
                 continue
-            if spec.maximum is not None and value > spec.maximum:
+            try:
+                value = validate_roi_input(key, raw)
+            except InvalidAnswer:
+                logger.info("extraction dropped a value that does not fit: key=%s", key)
                 continue
             entries[key] = build_roi_entry(
-                float(value),
+                value,
                 source="extracted",
                 updated_at=now,
                 message_id=message_id,

@@ -6,13 +6,13 @@ key happens in SQL (autopilot_private.apply_patch), never read-modify-write here
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Any
 
 from autopilot_api.core.errors import ValidationFailedError, field_error
 from autopilot_api.models.session import AnswerSource, DiscoveryAnswer, ROIInputEntry
-from autopilot_api.schemas.discovery import MAX_TEXT_ANSWER_CHARS, AnswerValue, ProgressUpdate
+from autopilot_api.schemas.discovery import AnswerValue, ProgressUpdate
+from autopilot_api.services.answer_validation import InvalidAnswer, validate_answer
 from autopilot_api.services.extraction_constants import QUESTION_BY_KEY
 
 
@@ -62,16 +62,6 @@ def build_roi_entry(
     return entry
 
 
-def normalise_answer_value(key: str, value: AnswerValue) -> AnswerValue | None:
-    """The value to store, or None when it carries nothing (blank text, NaN)."""
-    if isinstance(value, str):
-        stripped = value.strip()
-        return stripped or None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def build_progress_patch(update: ProgressUpdate) -> dict[str, Any]:
     """The JSON patch for autopilot_private.apply_patch; raises 422 on unknown keys."""
     fields = update.model_dump(exclude_unset=True, mode="json", by_alias=False)
@@ -95,24 +85,25 @@ def build_progress_patch(update: ProgressUpdate) -> dict[str, Any]:
             if given is None:
                 to_remove.append(key)
                 continue
-            value = normalise_answer_value(key, given.value)
-            if value is None:
+            try:
+                value = validate_answer(key, given.value)
+            except InvalidAnswer as invalid:
                 problems.append(
-                    field_error(["body", "answers", key, "value"], "answer is empty", "empty_value")
-                )
-            elif isinstance(value, str) and len(value) > MAX_TEXT_ANSWER_CHARS:
-                problems.append(
-                    field_error(
-                        ["body", "answers", key, "value"],
-                        f"at most {MAX_TEXT_ANSWER_CHARS} characters",
-                        "too_long",
-                    )
+                    {
+                        **field_error(
+                            ["body", "answers", key, "value"],
+                            f"expected {invalid.expected}",
+                            "invalid_answer",
+                        ),
+                        "expected": invalid.expected,
+                    }
                 )
             else:
                 to_set[key] = build_answer(key, value, source="user", updated_at=now)
         if problems:
+            # All or nothing: one invalid answer and none of the update is stored.
             raise ValidationFailedError(
-                "Some answers are not valid; see details.", details=problems
+                "Some answers do not fit their question; see details.", details=problems
             )
         patch["answers_set"] = to_set
         patch["answers_remove"] = to_remove

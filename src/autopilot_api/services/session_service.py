@@ -119,7 +119,8 @@ class SessionService:
         row = await self._apply_update(
             "update_session_progress",
             {"p_session_id": str(session_id)},
-            update=update,
+            patch=build_progress_patch(update),
+            phase=update.phase,
             expected_version=expected_version,
         )
         return cast(Session, row)
@@ -137,6 +138,8 @@ class SessionService:
         """PUT /sessions/me: one round trip for a live cookie; otherwise a new session
         (rate-limited) takes the update. An If-Match cannot hold for a new session, and a
         signed-in caller never gets one (409): their answers go to the profile."""
+        # Validated before anything is written: an invalid update creates no session either.
+        patch = build_progress_patch(update)
         if token is not None and _TOKEN_SHAPE.match(token):
             row = await self._apply_update(
                 "update_session_by_token",
@@ -144,7 +147,8 @@ class SessionService:
                     "p_token_hash": hash_session_token(token),
                     "p_lifetime_seconds": self._lifetime_seconds,
                 },
-                update=update,
+                patch=patch,
+                phase=update.phase,
                 expected_version=expected_version,
             )
             if row is not None:
@@ -154,8 +158,14 @@ class SessionService:
         if require_existing:
             raise PreconditionFailedError("There is no session for If-Match to match.")
         created, new_token = await self.create_session(client_ip=client_ip)
-        updated = await self.update_session(session_id=UUID(created["id"]), update=update)
-        resolved: ResolvedSession = {**updated, "expiry_extended": False}
+        row = await self._apply_update(
+            "update_session_progress",
+            {"p_session_id": created["id"]},
+            patch=patch,
+            phase=update.phase,
+            expected_version=None,
+        )
+        resolved: ResolvedSession = {**cast(Session, row), "expiry_extended": False}
         return ProgressWrite(resolved, new_token=new_token, dead_cookie=token is not None)
 
     async def _apply_update(
@@ -163,25 +173,22 @@ class SessionService:
         function: str,
         target: dict[str, Any],
         *,
-        update: SessionUpdate,
+        patch: dict[str, Any],
+        phase: str | None,
         expected_version: int | None,
     ) -> Any:
         try:
             row = await call_rpc(
                 self._supabase,
                 function,
-                {
-                    **target,
-                    "p_patch": build_progress_patch(update),
-                    "p_expected_version": expected_version,
-                },
+                {**target, "p_patch": patch, "p_expected_version": expected_version},
             )
         except InvalidPhaseTransitionError:
-            logger.warning("phase transition refused: to=%s", update.phase)
+            logger.warning("phase transition refused: to=%s", phase)
             raise
         if row is None:
             return None
-        if update.phase is not None:
+        if phase is not None:
             logger.info("session phase now %s: session_id=%s", row["phase"], row["id"])
         await self._bus.publish(session_subject(row["id"]))
         return row

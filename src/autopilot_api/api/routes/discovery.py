@@ -14,6 +14,7 @@ from autopilot_api.api.deps import (
 )
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.schemas.discovery import (
+    MAX_TEXT_ANSWER_CHARS,
     DiscoveryProfileResponse,
     DiscoveryProfileUpdate,
     QuestionPublic,
@@ -32,6 +33,9 @@ _QUESTIONS = [
         kind=question.kind,
         options=list(question.options),
         unit=question.unit,
+        minimum=question.minimum,
+        maximum=question.maximum,
+        max_length=MAX_TEXT_ANSWER_CHARS if question.kind == "text" else None,
     )
     for question in DISCOVERY_QUESTIONS
 ]
