@@ -495,6 +495,29 @@ class TestExtraction:
         assert await request("b", third) is True
 
 
+async def settled_replies(
+    rest: httpx.AsyncClient, user_message_ids: list[str]
+) -> list[dict[str, Any]]:
+    """The stored replies to these messages, once each has one and nothing changed for 1 s."""
+    params = {
+        "select": "reply_to,status,content",
+        "role": "eq.assistant",
+        "reply_to": f"in.({','.join(user_message_ids)})",
+    }
+    previous: list[dict[str, Any]] | None = None
+    loop = asyncio.get_running_loop()
+    deadline, stable_since = loop.time() + 10, loop.time()
+    while loop.time() < deadline:
+        rows: list[dict[str, Any]] = (await rest.get("/messages", params=params)).json()
+        if rows != previous:
+            previous, stable_since = rows, loop.time()
+        elif len({r["reply_to"] for r in rows}) == len(user_message_ids):
+            if loop.time() - stable_since > 1.0:
+                return rows
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"replies did not settle: {previous}")
+
+
 @pytest.fixture(scope="module")
 def streaming_service(
     data_plane: LocalDataPlane,
@@ -548,6 +571,45 @@ class TestStreamingOverRealHttp:
         assert stored[1]["content"].startswith("one two")
         assert stored[1]["content"] != "one two three four"
         assert model.wait_for_disconnects(1, timeout=5)
+
+    async def test_leaving_after_the_last_delta_stores_one_reply_per_message(
+        self, streaming_service: ServiceProcess, model: FakeOpenAIServer, rest: httpx.AsyncClient
+    ) -> None:
+        # The client closes the stream at the last word, before `done`: the server is then
+        # storing the complete reply, and the disconnect lands in the middle of that write.
+        chunks = ["Which ", "kind ", "of ", "facility?"]
+        model.default = Reply(chunks=chunks)
+        user_message_ids: list[str] = []
+        for _ in range(10):
+            async with httpx.AsyncClient(
+                base_url=streaming_service.base_url, headers={"Origin": SPA_ORIGIN}
+            ) as http:
+                conversation_id = await new_conversation(http)
+                text, event = "", ""
+                async with http.stream(
+                    "POST",
+                    f"/api/v1/conversations/{conversation_id}/messages",
+                    json={"content": "hello"},
+                    headers={"Accept": "text/event-stream"},
+                ) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("event: "):
+                            event = line.removeprefix("event: ")
+                        elif line.startswith("data: "):
+                            data = json.loads(line.removeprefix("data: "))
+                            assert event != "done", "the client was meant to leave before done"
+                            if event == "start":
+                                user_message_ids.append(data["userMessageId"])
+                            elif event == "delta":
+                                text += data["text"]
+                                if text == "".join(chunks):
+                                    break
+        rows = await settled_replies(rest, user_message_ids)
+        per_message = {m: [r for r in rows if r["reply_to"] == m] for m in user_message_ids}
+        assert {m: len(replies) for m, replies in per_message.items()} == dict.fromkeys(
+            user_message_ids, 1
+        )
+        assert all(r["content"] == "".join(chunks) for r in rows)
 
     async def test_extraction_runs_after_the_reply_was_sent(
         self, streaming_service: ServiceProcess, model: FakeOpenAIServer
