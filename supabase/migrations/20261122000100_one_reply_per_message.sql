@@ -1,4 +1,4 @@
--- One user message has at most one assistant reply, enforced here: a stream the client left
+-- 1. One user message has at most one assistant reply, enforced here: a stream the client left
 -- right before its end was stored twice (the completion write, cut short by the disconnect,
 -- committed anyway, and the disconnect's own write added a second row).
 --
@@ -83,6 +83,96 @@ begin
   end if;
   update autopilot.conversations set updated_at = now() where id = p_conversation_id;
   return m;
+end
+$$;
+
+------------------------------------------------------------------------------------------
+-- 2. A conversation opens with the agent's question
+------------------------------------------------------------------------------------------
+-- A new conversation holds the agent's opening message, written in the same transaction
+-- without a model call: a greeting and the first question the owner has not answered, so
+-- the visitor's first message answers that question (the offline agent records it against
+-- the key stored in the message's metadata.asked). The catalogue lives in the service and
+-- comes in as p_opening:
+--   {"greeting": text, "done": text,
+--    "discovery": [{"key", "asked", "text"}, ...], "roi": [{"key", "asked", "text"}, ...]}
+-- in asking order; a discovery step is open while its key is not in the owner's answers,
+-- an ROI step while its key is not in roi_inputs. Without p_opening nothing is written.
+-- Returns {"conversation": row, "opening": message or null}.
+drop function if exists autopilot.create_conversation(uuid, uuid, text);
+
+create or replace function autopilot_private.opening_step(
+  p_steps jsonb, p_given jsonb
+) returns jsonb
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+  select s.step
+    from jsonb_array_elements(coalesce(p_steps, '[]'::jsonb)) with ordinality as s(step, n)
+   where not (coalesce(p_given, '{}'::jsonb) ? (s.step ->> 'key'))
+   order by s.n
+   limit 1
+$$;
+
+create or replace function autopilot.create_conversation(
+  p_user_id uuid default null, p_session_id uuid default null, p_title text default null,
+  p_opening jsonb default null
+) returns jsonb
+language plpgsql
+as $$
+declare
+  c autopilot.conversations;
+  m autopilot.messages;
+  owner_phase autopilot.session_phase := 'discovery';
+  owner_answers jsonb;
+  owner_roi jsonb;
+  step jsonb;
+begin
+  if p_user_id is not null then
+    perform autopilot_private.ensure_profile(p_user_id, null);
+    select phase, answers, roi_inputs into owner_phase, owner_answers, owner_roi
+      from autopilot.discovery_profiles where profile_id = p_user_id;
+  elsif p_session_id is not null then
+    select phase, answers, roi_inputs into owner_phase, owner_answers, owner_roi
+      from autopilot.sessions
+     where id = p_session_id and claimed_by_profile_id is null and expires_at > now();
+    if not found then
+      perform autopilot_private.fail(404, 'session_not_found', 'No active session.');
+    end if;
+  else
+    perform autopilot_private.fail(422, 'validation_error', 'A conversation needs an owner.');
+  end if;
+
+  insert into autopilot.conversations (user_id, session_id, phase, title)
+  values (p_user_id, case when p_user_id is null then p_session_id end, owner_phase, p_title)
+  returning * into c;
+
+  if p_user_id is null then
+    update autopilot.sessions set conversation_id = c.id, updated_at = now()
+     where id = p_session_id;
+  end if;
+
+  if p_opening is not null then
+    -- As the offline agent goes on: discovery, then ROI once every question is answered.
+    if owner_phase = 'discovery' then
+      step := autopilot_private.opening_step(p_opening -> 'discovery', owner_answers);
+    end if;
+    if step is null and owner_phase in ('discovery', 'roi') then
+      step := autopilot_private.opening_step(p_opening -> 'roi', owner_roi);
+    end if;
+    insert into autopilot.messages (conversation_id, role, content, status, metadata)
+    values (
+      c.id, 'assistant',
+      concat_ws(' ', p_opening ->> 'greeting', coalesce(step ->> 'text', p_opening ->> 'done')),
+      'complete',
+      case when step ? 'asked' then jsonb_build_object('asked', step -> 'asked')
+           else '{}'::jsonb end)
+    returning * into m;
+  end if;
+
+  return jsonb_build_object('conversation', to_jsonb(c),
+                            'opening', case when m.id is null then null else to_jsonb(m) end);
 end
 $$;
 

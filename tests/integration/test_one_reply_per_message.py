@@ -30,7 +30,7 @@ ASYNC = pytest.mark.asyncio(loop_scope="session")
 async def user_message(rest: httpx.AsyncClient) -> tuple[str, str]:
     created = await rest.post("/rpc/create_conversation", json={"p_user_id": str(uuid.uuid4())})
     assert created.status_code == 200, created.text
-    conversation_id = created.json()["id"]
+    conversation_id = created.json()["conversation"]["id"]
     appended = await rest.post(
         "/rpc/append_user_message",
         json={"p_conversation_id": conversation_id, "p_content": "hello"},

@@ -116,6 +116,22 @@ def _roi_value(spec: RoiInputSpec, text: str) -> float | None:
     return number
 
 
+def _roi_context(roi_inputs: Mapping[str, Any]) -> str:
+    """The ROI inputs so far and the next missing one, as the catalogue will ask them."""
+    values = {
+        key: entry.get("value") if isinstance(entry, Mapping) else entry
+        for key, entry in roi_inputs.items()
+    }
+    given = "\n".join(
+        f"- {spec.label} {values[spec.key]}" for spec in ROI_INPUTS if spec.key in values
+    )
+    context = f"\nROI inputs so far:\n{given or '- none yet'}"
+    missing = next_missing_roi_input(roi_inputs.keys())
+    if missing is not None:
+        context += f"\nNext missing ROI input: {missing.label}"
+    return context
+
+
 def _answer_value(question: DiscoveryQuestion, text: str) -> str | float:
     stripped = text.strip()
     if question.kind == "number" and re.fullmatch(r"-?\d[\d,]*(?:\.\d+)?", stripped):
@@ -178,6 +194,8 @@ class AgentService:
         context = f"\n\nWhat the visitor told us so far:\n{known or '- nothing yet'}"
         if owner.phase == "discovery" and next_question is not None:
             context += f"\nNext unanswered question: {next_question.label}"
+        elif owner.phase == "roi":
+            context += _roi_context(owner.progress.get("roi_inputs") or {})
         messages: list[Any] = [{"role": "system", "content": SYSTEM_PROMPTS[owner.phase] + context}]
         for message in history[-self._settings.agent_history_messages :]:
             if message["role"] == "user" or message["status"] == "complete":
