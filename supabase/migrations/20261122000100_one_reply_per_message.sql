@@ -9,37 +9,44 @@
 --   a complete or aborted reply.
 -- So whatever comes first stands, except that complete upgrades aborted.
 
--- Writers wait until the duplicates are gone and the index exists (inserts conflict).
-lock table autopilot.messages in share row exclusive mode;
+-- Resolve the duplicates a live database may already hold, as the precedence would have
+-- (an error that came first stands, else a complete reply, else an aborted one; then the
+-- newest), and create the index. One statement: the Supabase CLI runs a migration without
+-- a transaction, and a reply written between the delete and the index would fail it. The
+-- lock keeps writers waiting until the index exists.
+do $$
+begin
+  lock table autopilot.messages in share row exclusive mode;
 
--- Resolve duplicates a live database may already hold, as the precedence would have: an
--- error that came first stands, else a complete reply, else an aborted one; then the newest.
-with replies as (
-  select id, reply_to, status, created_at,
-         first_value(status) over (partition by reply_to order by created_at, id) as first_status
-    from autopilot.messages
-   where role = 'assistant' and reply_to is not null
-),
-ranked as (
-  select id,
-         row_number() over (
-           partition by reply_to
-           order by case
-                      when first_status = 'error' and status = 'error' then 0
-                      when status = 'complete' then 1
-                      when status in ('aborted', 'streaming') then 2
-                      else 3
-                    end,
-                    created_at desc, id desc
-         ) as rank
-    from replies
-)
-delete from autopilot.messages m
- using ranked r
- where m.id = r.id and r.rank > 1;
+  with replies as (
+    select id, reply_to, status, created_at,
+           first_value(status) over (partition by reply_to order by created_at, id)
+             as first_status
+      from autopilot.messages
+     where role = 'assistant' and reply_to is not null
+  ),
+  ranked as (
+    select id,
+           row_number() over (
+             partition by reply_to
+             order by case
+                        when first_status = 'error' and status = 'error' then 0
+                        when status = 'complete' then 1
+                        when status in ('aborted', 'streaming') then 2
+                        else 3
+                      end,
+                      created_at desc, id desc
+           ) as rank
+      from replies
+  )
+  delete from autopilot.messages m
+   using ranked r
+   where m.id = r.id and r.rank > 1;
 
-create unique index if not exists messages_one_reply_idx
-  on autopilot.messages (reply_to) where role = 'assistant';
+  create unique index if not exists messages_one_reply_idx
+    on autopilot.messages (reply_to) where role = 'assistant';
+end
+$$;
 
 -- Store the reply to p_reply_to with the precedence above; returns the reply that stands
 -- (the caller's, or the one already stored).

@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from autopilot_api.db.migrations import ALEMBIC_DIR
 from autopilot_api.local.dataplane import (
@@ -128,11 +129,20 @@ class TestTwoWritersMeet:
         assert response.status_code == 422
 
 
-def _upgrade(database_url: str, revision: str) -> None:
+def _config(database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(ALEMBIC_DIR))
     config.attributes["database_url"] = database_url
-    command.upgrade(config, revision)
+    return config
+
+
+def _revision_before_this_migration(config: Config) -> str:
+    """The revision the unique index's migration follows, whatever its number."""
+    for revision in ScriptDirectory.from_config(config).walk_revisions():
+        if "_one_reply_per_message.sql" in (revision.doc or ""):
+            assert isinstance(revision.down_revision, str)
+            return revision.down_revision
+    raise AssertionError("no revision applies the one-reply-per-message migration")
 
 
 # Duplicates as a database before the unique index could hold them, oldest first, and the
@@ -156,7 +166,8 @@ def test_migration_resolves_duplicates_then_enforces_one_reply(data_plane: Local
     ensure_database(server_url, name)
     url = with_database(server_url, name)
     try:
-        _upgrade(url, "0006")
+        config = _config(url)
+        command.upgrade(config, _revision_before_this_migration(config))
         expected: dict[str, tuple[str, str]] = {}
         with psycopg.connect(url, autocommit=True) as conn:
             row = conn.execute(
@@ -187,7 +198,7 @@ def test_migration_resolves_duplicates_then_enforces_one_reply(data_plane: Local
                     (conversation_id,),
                 )
 
-        _upgrade(url, "head")
+        command.upgrade(config, "head")
 
         with psycopg.connect(url, autocommit=True) as conn:
             stored = conn.execute(
