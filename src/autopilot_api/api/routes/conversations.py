@@ -50,12 +50,17 @@ async def create_conversation(
     owner: WriteOwnerDep,
     conversations: ConversationServiceDep,
     body: ConversationCreate | None = None,
-) -> ConversationPublic:
-    """Owned by the signed-in user, else by the session (created, with its cookie, if needed)."""
-    row = await conversations.create_conversation(
+) -> ConversationWithMessages:
+    """Owned by the user, else the session (created if needed); opens with the agent's question."""
+    started = await conversations.create_conversation(
         user_id=owner.user_id, session_id=owner.session_id, title=body.title if body else None
     )
-    return ConversationPublic.from_row(row)
+    opening = started["opening"]
+    return ConversationWithMessages(
+        **ConversationPublic.from_row(started["conversation"]).model_dump(),
+        messages=[MessagePublic.from_row(opening)] if opening else [],
+        next_before=None,
+    )
 
 
 @router.get(
