@@ -279,14 +279,19 @@ class TestOpeningMessage:
         await start_session(client)
         first, second, third = QUESTION_KEYS_IN_ORDER[:3]
         await client.put(
-            "/api/v1/sessions/me", json={"answers": {first: answer("plant"), second: answer(9.0)}}
+            "/api/v1/sessions/me",
+            json={
+                "answers": {first: answer(valid_value(first)), second: answer(valid_value(second))}
+            },
         )
         created = (await client.post("/api/v1/conversations", json={})).json()
         assert QUESTION_BY_KEY[third].label in created["messages"][0]["content"]
 
         user = make_user(settings)
         await client.put(
-            "/api/v1/discovery", json={"answers": {first: answer("plant")}}, headers=user.headers
+            "/api/v1/discovery",
+            json={"answers": {first: answer(valid_value(first))}},
+            headers=user.headers,
         )
         mine = (await client.post("/api/v1/conversations", json={}, headers=user.headers)).json()
         assert mine["owner"] == "user"
