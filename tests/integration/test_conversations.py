@@ -328,7 +328,7 @@ class TestOpeningMessage:
         self, client: httpx.AsyncClient
     ) -> None:
         await start_session(client)
-        everything = {key: answer("x") for key in QUESTION_KEYS_IN_ORDER}
+        everything = {key: answer(valid_value(key)) for key in QUESTION_KEYS_IN_ORDER}
         await client.put(
             "/api/v1/sessions/me", json={"answers": everything, "roiInputs": {"laborRate": 35.0}}
         )
