@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, status
 
 from autopilot_api.api.deps import ReadOwnerDep, SearchSessionServiceDep, WriteOwnerDep
+from autopilot_api.api.openapi import ANY_CALLER
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.schemas.search_session import (
     ClearedCount,
@@ -32,6 +33,7 @@ SearchSessionId = Annotated[str, Path(max_length=64, description="search_<unix s
     summary="Start a search session",
     status_code=status.HTTP_201_CREATED,
     responses=error_responses(401, 403, 413, 422, 429, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def create_search_session(
     body: SearchSessionCreate, owner: WriteOwnerDep, searches: SearchSessionServiceDep
@@ -51,6 +53,7 @@ async def create_search_session(
     summary="The caller's active search sessions",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def list_search_sessions(
     owner: ReadOwnerDep,
@@ -67,6 +70,7 @@ async def list_search_sessions(
     summary="Clear all of the caller's search sessions",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 403, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def clear_all_search_sessions(
     owner: ReadOwnerDep, searches: SearchSessionServiceDep
@@ -80,6 +84,7 @@ async def clear_all_search_sessions(
     summary="Hand out the next batch",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 403, 404, 409, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def next_batch(
     session_id: SearchSessionId, owner: ReadOwnerDep, searches: SearchSessionServiceDep
@@ -93,6 +98,7 @@ async def next_batch(
     summary="Record discovered ids (deduplicated, order of first discovery)",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def add_discovered(
     session_id: SearchSessionId,
@@ -112,6 +118,7 @@ async def add_discovered(
     summary="Mark ids as fetched in full",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def mark_fetched(
     session_id: SearchSessionId,
@@ -131,6 +138,7 @@ async def mark_fetched(
     summary="Discovered ids not yet fetched",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 404, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def unfetched(
     session_id: SearchSessionId,
@@ -148,6 +156,7 @@ async def unfetched(
     summary="Totals, batch progress, fetched count and cache hit rate",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 404, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def stats(
     session_id: SearchSessionId, owner: ReadOwnerDep, searches: SearchSessionServiceDep
@@ -162,7 +171,8 @@ async def stats(
     "/{session_id}",
     summary="Clear a search session",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(401, 403, 404, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def clear_search_session(
     session_id: SearchSessionId, owner: ReadOwnerDep, searches: SearchSessionServiceDep
