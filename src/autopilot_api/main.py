@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from autopilot_api.api.error_handlers import install_error_handlers
 from autopilot_api.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from autopilot_api.api.openapi import install_openapi, operation_id
 from autopilot_api.api.routes import (
     admin,
     conversations,
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -155,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router, prefix=f"{API_PREFIX}/events")
     app.include_router(admin.router, prefix=f"{API_PREFIX}/admin")
     app.include_router(search_sessions.router, prefix=f"{API_PREFIX}/search-sessions")
+    install_openapi(app, settings)
     return app
 
 

@@ -457,6 +457,11 @@ def set_etag(response: Response, row: Mapping[str, Any]) -> None:
     response.headers["ETag"] = etag_for(int(row["version"]))
 
 
+def set_location(response: Response, request: Request, route_name: str, **path_params: str) -> None:
+    """`Location` of a created resource: its path (a relative reference, right behind proxies)."""
+    response.headers["Location"] = str(request.app.url_path_for(route_name, **path_params))
+
+
 async def _get_or_create_session(
     auth: AuthContext,
     response: Response,

@@ -182,7 +182,9 @@ class RateLimitedError(AppError):
 class CsrfOriginRejectedError(ForbiddenError):
     code = "csrf_origin_rejected"
     default_message = (
-        "Cookie-authenticated writes must come from the API's own origin or an allowed origin."
+        "An Origin header naming an allowed origin (or the API's own) is required for "
+        "browser-credentialed writes: those sent with the session cookie or without a "
+        "bearer token."
     )
 
 

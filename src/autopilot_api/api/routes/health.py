@@ -6,13 +6,16 @@ from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from autopilot_api.api.deps import HealthServiceDep
+from autopilot_api.api.openapi import PUBLIC
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.schemas.health import HealthPublic
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Process is up", status_code=status.HTTP_200_OK)
+@router.get(
+    "/healthz", summary="Process is up", status_code=status.HTTP_200_OK, openapi_extra=PUBLIC
+)
 async def healthz() -> HealthPublic:
     """Answers as long as the process serves requests; touches nothing else."""
     return HealthPublic(status="ok")
@@ -29,6 +32,7 @@ async def metrics() -> Response:
     summary="Data plane is reachable",
     status_code=status.HTTP_200_OK,
     responses=error_responses(503),
+    openapi_extra=PUBLIC,
 )
 async def readyz(health: HealthServiceDep) -> HealthPublic:
     """One PostgREST round trip to Postgres; 503 with Retry-After when it fails."""
