@@ -72,6 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         ),
         rate_limiter=create_rate_limiter(settings.redis_url),
         bus=create_event_bus(settings.redis_url),
+        data_plane_problem=plane.problem,
     )
     await state.bus.start()
     cleanup_task = start_session_cleanup(

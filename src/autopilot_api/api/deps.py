@@ -105,8 +105,8 @@ RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 
 
 # --- services -----------------------------------------------------------------------------
-async def get_health_service(supabase: SupabaseDep) -> HealthService:
-    return HealthService(supabase)
+async def get_health_service(state: AppStateDep) -> HealthService:
+    return HealthService(state.supabase, data_plane_problem=state.data_plane_problem)
 
 
 HealthServiceDep = Annotated[HealthService, Depends(get_health_service)]

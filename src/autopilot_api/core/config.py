@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     local_mode: bool = False
     local_data_dir: Path = PROJECT_ROOT / ".local"
     postgrest_bin: Path | None = None
+    postgrest_max_restarts: int = Field(default=5, ge=0, le=100)
     data_plane_timeout_seconds: float = Field(default=10.0, gt=0)
     idempotency_key_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
 

@@ -12,9 +12,16 @@ from autopilot_api.schemas.health import HealthPublic
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Process is up", status_code=status.HTTP_200_OK)
-async def healthz() -> HealthPublic:
-    """Answers as long as the process serves requests; touches nothing else."""
+@router.get(
+    "/healthz",
+    summary="Process is up",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(503),
+)
+async def healthz(health: HealthServiceDep) -> HealthPublic:
+    """Answers while the process serves requests; 503 only when a local data plane is down
+    for good (no network round trip)."""
+    health.check_process()
     return HealthPublic(status="ok")
 
 
