@@ -212,10 +212,10 @@ def _release_dead_owners(pgdata: Path) -> None:
                 json.dumps({str(pid): owners[str(pid)] for pid in live if str(pid) in owners})
             )
             logger.warning(
-                "adopting the Postgres of %s: %s no longer running; it stops with this process%s",
+                "processes that used the Postgres of %s are gone (pids %s): a server they "
+                "left running is adopted, and stopped with the last live process using it",
                 pgdata,
-                "its owner is" if len(gone) == 1 else "its owners are",
-                "" if not live else " unless another owner outlives it",
+                ", ".join(str(pid) for pid in gone),
             )
 
 
@@ -255,6 +255,8 @@ class PostgrestProcess:
     def start(self, timeout: float = 30.0) -> None:
         with self.lock:
             self.wanted = True
+            if self.running:  # the supervisor got there first
+                return
             self._spawn(timeout)
 
     def _spawn(self, timeout: float) -> None:
