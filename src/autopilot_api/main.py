@@ -29,6 +29,7 @@ from autopilot_api.api.routes import (
 )
 from autopilot_api.core.config import Settings, get_settings
 from autopilot_api.core.logging import configure_logging
+from autopilot_api.core.metrics import mark_worker_exited
 from autopilot_api.core.openai import create_openai_client
 from autopilot_api.core.security import TokenVerifier
 from autopilot_api.core.state import AppState
@@ -97,6 +98,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         if openai is not None:
             await openai.close()
         await asyncio.to_thread(plane.stop)
+        mark_worker_exited()
 
 
 def _install_docs(app: FastAPI) -> None:

@@ -1,11 +1,14 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+import asyncio
 
-from autopilot_api.api.deps import HealthServiceDep
+from fastapi import APIRouter, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from autopilot_api.api.deps import HealthServiceDep, MetricsAccess
+from autopilot_api.core.metrics import render_metrics
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.schemas.health import HealthPublic
 
@@ -25,10 +28,16 @@ async def healthz(health: HealthServiceDep) -> HealthPublic:
     return HealthPublic(status="ok")
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    include_in_schema=False,
+    dependencies=[MetricsAccess],
+    responses=error_responses(401, 404),
+)
 async def metrics() -> Response:
-    """The text exposition format, for a Prometheus scrape."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    """The text exposition format of every worker, for a Prometheus scrape."""
+    return Response(await asyncio.to_thread(render_metrics), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(
