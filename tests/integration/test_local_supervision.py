@@ -210,3 +210,22 @@ def test_an_orphaned_postgres_is_adopted_and_stopped_a_live_owners_is_left_alone
     assert third.process.returncode in (0, -signal.SIGTERM)
     assert _wait_for(lambda: not _alive(postmaster), timeout=20), third.log()[-3000:]
     assert _wait_for(lambda: _postgres_of(data_dir) == [], timeout=10)
+
+
+def test_healthz_says_when_the_postgres_it_started_is_gone(
+    tmp_path: Path, serves: list[LocalServe]
+) -> None:
+    data_dir = tmp_path / "local"
+    serve = _start_local(tmp_path, data_dir)
+    serves.append(serve)
+    try:
+        assert _status(serve, "/healthz") == 200
+        os.kill(_postmaster(data_dir), signal.SIGKILL)
+        assert _wait_for(lambda: _status(serve, "/healthz") == 503, timeout=10)
+        error = httpx.get(serve.base_url + "/healthz", timeout=2).json()["error"]
+        assert error["code"] == "data_plane_down"
+        assert "Postgres is not running" in error["message"]
+    finally:
+        serve.terminate()
+    assert serve.process.returncode in (0, -signal.SIGTERM)
+    assert _wait_for(lambda: _postgres_of(data_dir) == [], timeout=10)
