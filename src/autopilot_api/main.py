@@ -30,6 +30,7 @@ from autopilot_api.api.routes import (
 )
 from autopilot_api.core.config import Settings, get_settings
 from autopilot_api.core.logging import configure_logging
+from autopilot_api.core.metrics import mark_worker_exited
 from autopilot_api.core.openai import create_openai_client
 from autopilot_api.core.security import TokenVerifier
 from autopilot_api.core.state import AppState
@@ -73,6 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         ),
         rate_limiter=create_rate_limiter(settings.redis_url),
         bus=create_event_bus(settings.redis_url),
+        data_plane_problem=plane.problem,
     )
     await state.bus.start()
     cleanup_task = start_session_cleanup(
@@ -97,6 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         if openai is not None:
             await openai.close()
         await asyncio.to_thread(plane.stop)
+        mark_worker_exited()
 
 
 def _install_docs(app: FastAPI) -> None:
