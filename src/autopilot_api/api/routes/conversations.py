@@ -16,6 +16,7 @@ from autopilot_api.api.deps import (
     ProfileExtractionServiceDep,
     WriteOwnerDep,
 )
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.sse import DisconnectAwareEventSourceResponse, sse_event
 from autopilot_api.models.auth import AuthContext
 from autopilot_api.models.conversation import Conversation
@@ -31,7 +32,7 @@ from autopilot_api.schemas.conversation import (
 from autopilot_api.services.chat_service import StreamEvent
 from autopilot_api.services.profile_extraction_service import ProfileExtractionService
 
-router = APIRouter(tags=["conversations"])
+router = APIRouter(tags=["conversations"], route_class=JSONBodyRoute)
 
 _SSE_DOC = {
     "description": "With `Accept: text/event-stream`: `start`, `delta` ({text}) events, "

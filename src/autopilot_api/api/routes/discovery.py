@@ -12,6 +12,7 @@ from autopilot_api.api.deps import (
     expected_version,
     set_etag,
 )
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.schemas.discovery import (
     MAX_TEXT_ANSWER_CHARS,
@@ -22,7 +23,7 @@ from autopilot_api.schemas.discovery import (
 )
 from autopilot_api.services.extraction_constants import DISCOVERY_QUESTIONS
 
-router = APIRouter(tags=["discovery"])
+router = APIRouter(tags=["discovery"], route_class=JSONBodyRoute)
 
 _QUESTIONS = [
     QuestionPublic(

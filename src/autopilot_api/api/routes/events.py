@@ -9,13 +9,14 @@ from fastapi import APIRouter, Header, Query, status
 from fastapi.sse import format_sse_event
 
 from autopilot_api.api.deps import CurrentAuth, CurrentUser, EventServiceDep, SettingsDep
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.sse import DisconnectAwareEventSourceResponse, sse_comment, sse_event
 from autopilot_api.core.errors import AppError, UnauthorizedError
 from autopilot_api.schemas.admin import EventTicketPublic
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.services.event_service import EventSubject
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=JSONBodyRoute)
 
 
 @router.post(

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from autopilot_api.api.deps import HealthServiceDep
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.schemas.health import HealthPublic
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=JSONBodyRoute)
 
 
 @router.get("/healthz", summary="Process is up", status_code=status.HTTP_200_OK)

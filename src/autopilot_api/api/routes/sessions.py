@@ -25,12 +25,13 @@ from autopilot_api.api.deps import (
     set_etag,
     set_session_cookie,
 )
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.core.errors import SessionNotFoundError, SignedInNoAnonymousSessionError
 from autopilot_api.core.request_context import clear_cookie_var
 from autopilot_api.schemas.common import ErrorEnvelope, error_responses
 from autopilot_api.schemas.session import SessionClaimResponse, SessionResponse, SessionUpdate
 
-router = APIRouter(tags=["sessions"])
+router = APIRouter(tags=["sessions"], route_class=JSONBodyRoute)
 
 _SIGNED_IN = (
     "signed_in_no_anonymous_session: a bearer and no live session cookie, so nothing is "
