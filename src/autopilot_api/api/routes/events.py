@@ -51,7 +51,9 @@ async def stream_events(
     settings: SettingsDep,
     ticket: Annotated[str | None, Query(max_length=128, description="From POST /ticket.")] = None,
     last_event_id: Annotated[
-        int | None, Header(alias="Last-Event-ID", ge=0, description="Resume after this id.")
+        int | None,
+        # Event ids are Postgres bigints: a larger one could only fail inside the stream.
+        Header(alias="Last-Event-ID", ge=0, le=2**63 - 1, description="Resume after this id."),
     ] = None,
 ) -> DisconnectAwareEventSourceResponse:
     """Replays what was missed after Last-Event-ID, then streams live."""
