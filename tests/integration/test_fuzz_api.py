@@ -7,6 +7,11 @@ the same with 200. The schemathesis CLI is used: its pytest plugin does not load
 pytest 9. Excluded: the live event stream (it never ends; it has its own tests) and the
 `positive_data_acceptance` check — some schema-valid inputs are refused on purpose
 (a NUL character Postgres cannot store → 422; If-Match on a missing session → 412).
+
+schemathesis never sends what Python's JSON parser accepts and JSON does not (its client
+refuses to encode NaN), so `TestOddInputOnEveryOperation` sends those, raw, to every
+operation /openapi.json lists: non-finite numbers, lone surrogates and deep nesting in every
+body field, a 5,000-digit If-Match, and signed tokens whose dates are 1e400.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +33,7 @@ from autopilot_api.core.config import PROJECT_ROOT, Settings
 from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.factories import SPA_ORIGIN, make_user
 from tests.fixtures.processes import ServiceProcess, start_service
+from tests.integration.test_odd_input import claims, nested, signed_token
 
 EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "15")
 # make test replays one fixed seed, so CI is repeatable; check-reliability sets it empty
@@ -124,3 +132,89 @@ class TestFuzzOpenApi:
         code, output = run_schemathesis(fuzz_service.base_url, headers, tmp_path / "bearer.xml")
         print("bearer:", summary(output))  # noqa: T201
         assert code == 0, failures(output)
+
+
+# Raw JSON text: each must be refused with a 422 wherever it appears in a body.
+ODD_VALUES = {
+    "NaN": "NaN",
+    "-Infinity": "-Infinity",
+    "1e999": "1e999",
+    "surrogate": '"\\ud800"',
+    "nested surrogate": '{"k": ["\\udfff"]}',
+    "nested NaN": '{"k": {"k": NaN}}',
+    "700 deep": nested(700),
+    "NUL": '"a\\u0000"',
+}
+
+
+def operations(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(method, concrete path, operation) for every documented operation but the stream."""
+    for template, item in document["paths"].items():
+        if template == "/api/v1/events":
+            continue
+        path = re.sub(r"\{[^}]+\}", lambda _: str(uuid.uuid4()), template)
+        for method, operation in item.items():
+            yield method.upper(), path, operation
+
+
+def body_properties(document: dict[str, Any], operation: dict[str, Any]) -> list[str] | None:
+    """The top-level fields of an operation's JSON body, or None when it takes none."""
+    content = operation.get("requestBody", {}).get("content", {})
+    schema = content.get("application/json", {}).get("schema")
+    if schema is None:
+        return None
+    ref = schema.get("$ref", "")
+    if ref:
+        schema = document["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    return list(schema.get("properties", {}))
+
+
+class TestOddInputOnEveryOperation:
+    def test_odd_json_in_every_body_field_is_a_422(
+        self, fuzz_service: ServiceProcess, settings: Settings
+    ) -> None:
+        headers = {
+            "Origin": SPA_ORIGIN,
+            "Content-Type": "application/json",
+            **make_user(settings, admin=True).headers,
+        }
+        with httpx.Client(base_url=fuzz_service.base_url, headers=headers) as http:
+            document = http.get("/openapi.json").json()
+            sent = 0
+            for method, path, operation in operations(document):
+                fields = body_properties(document, operation)
+                if fields is None:
+                    continue
+                bodies = [f'{{"{name}": {odd}}}' for name in fields for odd in ODD_VALUES.values()]
+                bodies.append('{"\\ud800": 1}')
+                for body in bodies:
+                    response = http.request(method, path, content=body)
+                    assert response.status_code == 422, (method, path, body[:80], response.text)
+                    assert response.json()["error"]["details"], response.text
+                    sent += 1
+        assert sent >= 100
+
+    def test_odd_headers_on_every_operation_are_no_5xx(
+        self, fuzz_service: ServiceProcess, settings: Settings
+    ) -> None:
+        bad_tokens = [
+            signed_token(settings, claims(settings, **{name: value}))
+            for name in ("exp", "nbf", "iat")
+            for value in ("1e400", "-1e400", "1" + "0" * 4000)
+        ]
+        huge_tag = '"v' + "9" * 5000 + '"'
+        with httpx.Client(base_url=fuzz_service.base_url, headers={"Origin": SPA_ORIGIN}) as http:
+            document = http.get("/openapi.json").json()
+            for method, path, operation in operations(document):
+                documented = set(operation.get("responses", {}))
+                for token in bad_tokens:
+                    response = http.request(
+                        method, path, headers={"Authorization": f"Bearer {token}"}
+                    )
+                    assert response.status_code < 500, (method, path, response.text)
+                    if "401" in documented:
+                        assert response.status_code == 401, (method, path, response.text)
+                names = {param["name"] for param in operation.get("parameters", [])}
+                if "If-Match" in names:
+                    response = http.request(method, path, headers={"If-Match": huge_tag}, json={})
+                    assert response.status_code == 422, (method, path, response.text)

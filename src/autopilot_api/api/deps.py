@@ -9,6 +9,7 @@ Every dependency is `async def`, even when it does not await: FastAPI runs a pla
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -432,6 +433,12 @@ def mark_replayed(response: Response, *, replayed: bool) -> None:
 
 
 # --- conditional requests -----------------------------------------------------------------
+# ASCII digits only: str.isdigit() also passes "²", which int() refuses. At most 18 (the
+# header's pattern already says so), so int() never meets a number it will not read.
+_OUR_ETAG = re.compile(r'"v([0-9]{1,18})"')
+MAX_VERSION = 2**31 - 1  # versions are Postgres integers
+
+
 def etag_for(version: int) -> str:
     return f'"v{version}"'
 
@@ -452,9 +459,10 @@ async def get_if_match(
     if "*" in candidates:
         return "*"
     for candidate in candidates:
-        tag = candidate.removeprefix("W/")
-        if tag.startswith('"v') and tag.endswith('"') and tag[2:-1].isdigit():
-            return int(tag[2:-1])
+        ours = _OUR_ETAG.fullmatch(candidate.removeprefix("W/"))
+        # Past what a version column holds, it can only be stale.
+        if ours is not None and int(ours.group(1)) <= MAX_VERSION:
+            return int(ours.group(1))
     # A tag this resource never had: the write fails with 412 once the body is validated.
     return UNMATCHABLE_VERSION
 

@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import Match, Mount
+from starlette.staticfiles import StaticFiles
 
 from autopilot_api.api.validation_errors import BodySchema, body_schema, describe
 from autopilot_api.core.errors import (
@@ -56,12 +57,31 @@ async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     return _with_cookie_clearing(request, render(exc))
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed_methods(request: Request) -> str:
-    """Every method the path supports (Starlette names only the first matching route's)."""
+    """Every method the path supports, asked of the routes themselves.
+
+    Starlette names only the first matching route's methods, and since FastAPI keeps
+    included routers as a unit (not as flat `Route`s), reading `router.routes` names none.
+    """
+    scope = request.scope
+    # As the app's router saw the request: a mount has since moved its prefix to root_path.
+    top = {**scope, "root_path": scope.get("app_root_path", scope.get("root_path", ""))}
     methods: set[str] = set()
     for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
-            methods |= route.methods
+        if isinstance(route, Mount):
+            # A mount matches every method; static files serve reads only.
+            if isinstance(route.app, StaticFiles) and route.matches(top)[0] == Match.FULL:
+                methods |= {"GET", "HEAD"}
+            continue
+        for method in _METHODS:
+            # A copy: matching writes into the scope's FastAPI state.
+            probe = {**top, "method": method, "fastapi": dict(scope.get("fastapi", {}))}
+            match, _ = route.matches(probe)
+            if match == Match.FULL:
+                methods.add(method)
     return ", ".join(sorted(methods))
 
 

@@ -29,6 +29,9 @@ SUPABASE_USER_ROLE = "authenticated"
 # The issuer of the Supabase CLI's local stack (`supabase start`), for locally minted tokens.
 LOCAL_SUPABASE_ISSUER = "http://127.0.0.1:54321/auth/v1"
 MAX_LEEWAY_SECONDS = 60
+# exp, nbf, iat: 9999-12-31T23:59:59Z, the last second a datetime can hold.
+MAX_NUMERIC_DATE = 253_402_300_799
+_NUMERIC_DATE_CLAIMS = ("exp", "nbf", "iat")
 MAX_JWKS_CACHE_SECONDS = 600
 JWKS_FETCH_TIMEOUT_SECONDS = 5.0
 
@@ -214,6 +217,10 @@ class TokenVerifier:
             "require_aud": True,
             "require_sub": True,
             "require_iss": self._issuer is not None,
+            # Checked below: jose calls int() on them, which raises OverflowError for 1e400.
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
         }
         try:
             decoded = jwt.decode(
@@ -224,19 +231,27 @@ class TokenVerifier:
                 issuer=self._issuer,
                 options=options,
             )
-        # jose lets TypeError/ValueError escape for some malformed claim values.
-        except (JWTError, TypeError, ValueError):
+        # jose lets TypeError/ValueError escape for some malformed claim values, and its JSON
+        # parser RecursionError for claims nested a thousand deep.
+        except (JWTError, TypeError, ValueError, ArithmeticError, RecursionError):
             raise _invalid("signature or claims rejected") from None
         if not isinstance(decoded, dict):
             raise _invalid("claims are not an object")
         claims: dict[str, Any] = decoded
 
-        # Re-checked here rather than trusted to jose, which skips absent exp/aud by default.
+        # Checked here rather than by jose, which skips absent exp/aud by default.
+        for name in _NUMERIC_DATE_CLAIMS:
+            if name in claims and not _is_numeric_date(claims[name]):
+                raise _invalid(f"malformed {name}")
         exp = claims.get("exp")
-        if isinstance(exp, bool) or not isinstance(exp, int | float):
-            raise _invalid("missing or malformed exp")
-        if exp + self._leeway <= time.time():
+        if exp is None:
+            raise _invalid("missing exp")
+        now = time.time()
+        if exp + self._leeway <= now:
             raise _invalid("expired")
+        nbf = claims.get("nbf")
+        if nbf is not None and nbf - self._leeway > now:
+            raise _invalid("not yet valid")
         aud = claims.get("aud")
         audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
         if SUPABASE_AUDIENCE not in audiences:
@@ -312,6 +327,15 @@ class TokenVerifier:
         self._fetched_at = self._attempted_at
         self._last_fetch_failed = False
         logger.info("JWKS fetched from %s: %d usable keys", url, len(keys))
+
+
+def _is_numeric_date(value: Any) -> bool:
+    """A JWT NumericDate (RFC 7519): a JSON number of seconds, here finite and before the
+    year 10000 — 1e400 (infinity), NaN and 4,000-digit integers are no dates."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # NaN fails every comparison; an int is compared exactly, never converted to a float.
+    return 0 <= value <= MAX_NUMERIC_DATE
 
 
 def _parse_jwk(entry: Any) -> tuple[str, _SigningKey] | None:

@@ -11,7 +11,10 @@ from pydantic.alias_generators import to_camel
 
 # Patterns a client can fail, each with what it expects in plain words (a 422 says the words,
 # never the regular expression).
-IF_MATCH_PATTERN = r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$'
+# An entity tag is opaque, but one shaped like ours ("v" and digits) carries at most 18 digits:
+# `int()` refuses past 4,300 (a 500 once), and no version column holds more than 19.
+_ENTITY_TAG = r'(W/)?"(v[0-9]{0,18}([^"0-9][^"]*)?|[^"v][^"]*)?"'
+IF_MATCH_PATTERN = rf"^\s*(\*|{_ENTITY_TAG}(\s*,\s*{_ENTITY_TAG})*)\s*$"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
 NOT_BLANK_PATTERN = r"\S"
 PATTERN_HINTS: dict[str, str] = {

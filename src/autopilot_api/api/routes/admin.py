@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from autopilot_api.api.deps import AdminServiceDep, CurrentAdmin, SessionServiceDep, SettingsDep
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.openapi import SIGNED_IN
 from autopilot_api.schemas.admin import (
     AdminSessionRow,
@@ -16,7 +17,7 @@ from autopilot_api.schemas.admin import (
 )
 from autopilot_api.schemas.common import error_responses
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], route_class=JSONBodyRoute)
 
 
 @router.get(

@@ -17,6 +17,7 @@ from autopilot_api.api.deps import (
     WriteOwnerDep,
     set_location,
 )
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.openapi import ANY_CALLER, SseEvent, sse_response
 from autopilot_api.api.sse import DisconnectAwareEventSourceResponse, sse_event
 from autopilot_api.models.auth import AuthContext
@@ -42,7 +43,7 @@ from autopilot_api.schemas.conversation import (
 from autopilot_api.services.chat_service import StreamEvent
 from autopilot_api.services.profile_extraction_service import ProfileExtractionService
 
-router = APIRouter(tags=["conversations"])
+router = APIRouter(tags=["conversations"], route_class=JSONBodyRoute)
 
 _STREAM_PAYLOADS: dict[str, type[CamelModel]] = {
     "start": StreamStart,

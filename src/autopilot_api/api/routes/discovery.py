@@ -12,6 +12,7 @@ from autopilot_api.api.deps import (
     expected_version,
     set_etag,
 )
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.openapi import PUBLIC, SIGNED_IN
 from autopilot_api.schemas.common import error_responses, header_docs
 from autopilot_api.schemas.discovery import (
@@ -23,7 +24,7 @@ from autopilot_api.schemas.discovery import (
 )
 from autopilot_api.services.extraction_constants import DISCOVERY_QUESTIONS
 
-router = APIRouter(tags=["discovery"])
+router = APIRouter(tags=["discovery"], route_class=JSONBodyRoute)
 
 _QUESTIONS = [
     QuestionPublic(

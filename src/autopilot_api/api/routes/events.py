@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.sse import format_sse_event
 
 from autopilot_api.api.deps import CurrentAuth, CurrentUser, EventServiceDep, SettingsDep
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.openapi import (
     BEARER,
     EVENT_TICKET,
@@ -25,7 +26,7 @@ from autopilot_api.schemas.common import ErrorResponse, error_responses
 from autopilot_api.schemas.events import EVENT_TYPES, SessionEventPublic
 from autopilot_api.services.event_service import EventSubject
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=JSONBodyRoute)
 
 
 @router.post(
@@ -76,7 +77,9 @@ async def stream_events(
     settings: SettingsDep,
     ticket: Annotated[str | None, Query(max_length=128, description="From POST /ticket.")] = None,
     last_event_id: Annotated[
-        int | None, Header(alias="Last-Event-ID", ge=0, description="Resume after this id.")
+        int | None,
+        # Event ids are Postgres bigints: a larger one could only fail inside the stream.
+        Header(alias="Last-Event-ID", ge=0, le=2**63 - 1, description="Resume after this id."),
     ] = None,
 ) -> DisconnectAwareEventSourceResponse:
     """Replays what was missed after Last-Event-ID, then streams live."""

@@ -8,12 +8,13 @@ from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from autopilot_api.api.deps import HealthServiceDep, MetricsAccess
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.openapi import PUBLIC
 from autopilot_api.core.metrics import render_metrics
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.schemas.health import HealthPublic
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=JSONBodyRoute)
 
 
 @router.get(

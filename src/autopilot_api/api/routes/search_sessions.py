@@ -13,6 +13,7 @@ from autopilot_api.api.deps import (
     WriteOwnerDep,
     mark_replayed,
 )
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.openapi import ANY_CALLER
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.schemas.search_session import (
@@ -29,7 +30,7 @@ from autopilot_api.schemas.search_session import (
     UnfetchedIds,
 )
 
-router = APIRouter(tags=["search sessions"])
+router = APIRouter(tags=["search sessions"], route_class=JSONBodyRoute)
 
 SearchSessionId = Annotated[str, Path(max_length=64, description="search_<unix seconds>_<8 hex>")]
 

@@ -26,13 +26,14 @@ from autopilot_api.api.deps import (
     set_location,
     set_session_cookie,
 )
+from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.openapi import BEARER_AND_COOKIE, NO_CREDENTIAL, SESSION_COOKIE, security
 from autopilot_api.core.errors import SessionNotFoundError, SignedInNoAnonymousSessionError
 from autopilot_api.core.request_context import clear_cookie_var
 from autopilot_api.schemas.common import error_response, error_responses, header_docs
 from autopilot_api.schemas.session import SessionClaimResponse, SessionResponse, SessionUpdate
 
-router = APIRouter(tags=["sessions"])
+router = APIRouter(tags=["sessions"], route_class=JSONBodyRoute)
 
 _SIGNED_IN = (
     "signed_in_no_anonymous_session: a bearer and no live session cookie, so nothing is "
