@@ -202,7 +202,7 @@ ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 
 
 async def get_event_service(state: AppStateDep) -> EventService:
-    return EventService(state.supabase, state.settings, bus=state.bus)
+    return EventService(state.supabase, state.settings, streams=state.stream_registry())
 
 
 EventServiceDep = Annotated[EventService, Depends(get_event_service)]
@@ -309,6 +309,7 @@ async def _verify_user(token: str, verifier: TokenVerifier) -> UserContext:
         email=verified.email,
         is_anonymous=verified.is_anonymous,
         app_role=verified.app_role,
+        expires_at=float(verified.claims["exp"]),
     )
 
 

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     recovery_window_days: int = Field(default=7, ge=1)
     events_heartbeat_seconds: float = Field(default=15.0, gt=0)
     events_retry_ms: int = Field(default=3000, ge=0)
+    events_max_streams: int = Field(default=2000, ge=1)
+    events_max_streams_per_subject: int = Field(default=10, ge=1)
     event_ticket_ttl_seconds: int = Field(default=30, ge=5, le=600)
     admin_active_minutes: int = Field(default=15, ge=1)
 

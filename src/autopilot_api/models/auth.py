@@ -14,6 +14,8 @@ class UserContext:
     email: str | None
     is_anonymous: bool
     app_role: str | None
+    # The bearer token's exp (Unix seconds): what the caller may hold open ends with it.
+    expires_at: float | None = None
 
     @property
     def is_admin(self) -> bool:

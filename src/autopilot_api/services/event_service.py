@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
@@ -18,7 +18,8 @@ from autopilot_api.core.errors import UnauthorizedError
 from autopilot_api.core.security import generate_session_token, hash_session_token
 from autopilot_api.core.supabase import call_rpc, translate_data_plane_error
 from autopilot_api.models.auth import UserContext
-from autopilot_api.services.event_bus import EventBus, profile_subject, session_subject
+from autopilot_api.services.event_bus import profile_subject, session_subject
+from autopilot_api.services.event_streams import StreamRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 LATE_COMMIT_WINDOW = timedelta(seconds=30)
 FETCH_LIMIT = 500
 LIVE_EVENT_NAMES = {"extracted": "extraction.completed"}
+# After these a session's credential is gone (claimed into a profile, deleted, expired).
+SESSION_ENDING_EVENTS = frozenset({"claimed", "deleted", "expired"})
 
 
 class InvalidTicketError(UnauthorizedError):
@@ -72,10 +75,12 @@ def public_event(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class EventService:
-    def __init__(self, supabase: AsyncClient, settings: Settings, *, bus: EventBus) -> None:
+    def __init__(
+        self, supabase: AsyncClient, settings: Settings, *, streams: StreamRegistry
+    ) -> None:
         self._supabase = supabase
         self._settings = settings
-        self._bus = bus
+        self._streams = streams
 
     async def issue_ticket(self, *, user: UserContext) -> tuple[str, str]:
         """A single-use ticket for the stream URL (only its hash is stored)."""
@@ -131,38 +136,72 @@ class EventService:
         return int(rows[0]["id"]) if rows else 0
 
     async def frames(
-        self, *, subject: EventSubject, last_event_id: int | None
-    ) -> AsyncIterator[StreamFrame]:
+        self,
+        *,
+        subject: EventSubject,
+        last_event_id: int | None,
+        expires_at: float | None = None,
+    ) -> AsyncGenerator[StreamFrame]:
         """Replay after `last_event_id` (or start from now), then live; heartbeats between.
 
-        Every poll re-reads a short window and sends each id once, so an event that
-        commits after a higher id was sent is still delivered.
+        The live part comes from the subject's shared feed (one read per wake-up for all
+        its streams here). The stream ends when evicted by a newer one of its subject, at
+        `expires_at` (the credential's end, Unix seconds), or after a session's terminal
+        event (the client needs that event, and its credential is gone after it).
         """
         heartbeat = self._settings.events_heartbeat_seconds
-        sent: dict[int, float] = {}
-        async with self._bus.subscribe(subject.key) as woken:
-            cursor = (
-                last_event_id if last_event_id is not None else await self.latest_event_id(subject)
-            )
-            sent_floor = cursor
+        async with self._streams.join(
+            key=subject.key,
+            fetch=lambda after: self._fetch(subject, after),
+            latest_id=lambda: self.latest_event_id(subject),
+        ) as (_feed, slot):
+            # Joined before the replay reads: whatever commits after it reaches the queue.
+            floor = last_event_id if last_event_id is not None else 0
+            replayed: set[int] = set()
             yield StreamFrame("ready")
+            if last_event_id is not None:
+                after = last_event_id
+                while True:
+                    rows = await self._fetch(subject, after)
+                    for row in rows:
+                        event_id = int(row["id"])
+                        if event_id <= floor or event_id in replayed:
+                            continue
+                        replayed.add(event_id)
+                        yield StreamFrame("event", public_event(row))
+                        if self._ends_stream(subject, row):
+                            return
+                    newest = max((int(r["id"]) for r in rows), default=after)
+                    if len(rows) < FETCH_LIMIT or newest <= after:
+                        break
+                    after = newest
             while True:
-                for row in await self._fetch(subject, cursor):
-                    event_id = int(row["id"])
-                    if event_id in sent or event_id <= sent_floor:
-                        continue
-                    sent[event_id] = time.monotonic()
-                    cursor = max(cursor, event_id)
-                    yield StreamFrame("event", public_event(row))
-                self._forget_old(sent)
+                timeout = heartbeat
+                if expires_at is not None:
+                    remaining = expires_at - time.time()
+                    if remaining <= 0:
+                        return
+                    timeout = min(timeout, remaining)
                 try:
-                    await asyncio.wait_for(woken.wait(), timeout=heartbeat)
-                    woken.clear()
+                    item = await asyncio.wait_for(slot.queue.get(), timeout=timeout)
                 except TimeoutError:
+                    if expires_at is not None and time.time() >= expires_at:
+                        return
                     yield StreamFrame("heartbeat")
+                    continue
+                if item.kind == "evicted":
+                    return
+                if item.kind == "error":
+                    assert item.error is not None
+                    raise item.error
+                assert item.event is not None
+                event_id = int(item.event["id"])
+                if event_id <= floor or event_id in replayed:
+                    continue
+                yield StreamFrame("event", public_event(item.event))
+                if self._ends_stream(subject, item.event):
+                    return
 
     @staticmethod
-    def _forget_old(sent: dict[int, float]) -> None:
-        horizon = time.monotonic() - 2 * LATE_COMMIT_WINDOW.total_seconds()
-        for event_id in [i for i, at in sent.items() if at < horizon]:
-            del sent[event_id]
+    def _ends_stream(subject: EventSubject, row: dict[str, Any]) -> bool:
+        return subject.kind == "session" and row["event_type"] in SESSION_ENDING_EVENTS

@@ -91,14 +91,22 @@ async def stream_events(
         subject = EventSubject("session", auth.session.session_id)
     else:
         raise UnauthorizedError("Send the session cookie, a bearer token or a ticket.")
-    first_frames = events.frames(subject=subject, last_event_id=last_event_id)
+    # The stream ends with the bearer token it was opened with (a ticket stream: TODO, the
+    # ticket does not record the token's expiry yet).
+    expires_at = auth.user.expires_at if ticket is None and auth.user is not None else None
+    frames = events.frames(subject=subject, last_event_id=last_event_id, expires_at=expires_at)
+    # Joined and positioned before the 200: a full instance or a failed read is a plain error.
+    try:
+        await anext(frames)
+    except BaseException:
+        await frames.aclose()
+        raise
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            async for frame in first_frames:
-                if frame.kind == "ready":
-                    yield format_sse_event(comment="connected", retry=settings.events_retry_ms)
-                elif frame.kind == "heartbeat":
+            yield format_sse_event(comment="connected", retry=settings.events_retry_ms)
+            async for frame in frames:
+                if frame.kind == "heartbeat":
                     yield sse_comment("heartbeat")
                 elif frame.event is not None:
                     yield sse_event(
@@ -107,5 +115,8 @@ async def stream_events(
         except AppError as exc:
             # The client reconnects with Last-Event-ID and loses nothing.
             yield sse_event("error", exc.envelope())
+        finally:
+            # Leaves the subject's feed even when cancelled between two frames.
+            await frames.aclose()
 
     return DisconnectAwareEventSourceResponse(body())
