@@ -19,7 +19,7 @@ from autopilot_api.core.security import generate_session_token, hash_session_tok
 from autopilot_api.core.supabase import call_rpc, translate_data_plane_error
 from autopilot_api.models.auth import UserContext
 from autopilot_api.services.event_bus import profile_subject, session_subject
-from autopilot_api.services.event_streams import StreamRegistry
+from autopilot_api.services.event_streams import StreamPlace, StreamRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +135,15 @@ class EventService:
         rows = cast(list[dict[str, Any]], response.data)
         return int(rows[0]["id"]) if rows else 0
 
+    def reserve_stream(self) -> StreamPlace:
+        """Counts the stream against the instance's cap (503 past it) before it starts."""
+        return self._streams.reserve()
+
     async def frames(
         self,
         *,
         subject: EventSubject,
+        place: StreamPlace,
         last_event_id: int | None,
         expires_at: float | None = None,
     ) -> AsyncGenerator[StreamFrame]:
@@ -151,6 +156,7 @@ class EventService:
         """
         heartbeat = self._settings.events_heartbeat_seconds
         async with self._streams.join(
+            place=place,
             key=subject.key,
             fetch=lambda after: self._fetch(subject, after),
             latest_id=lambda: self.latest_event_id(subject),

@@ -141,6 +141,18 @@ class SubjectFeed:
                 await self._task
 
 
+class StreamPlace:
+    """A reserved place among the instance's streams; released once, however it ends."""
+
+    def __init__(self, registry: StreamRegistry) -> None:
+        self._registry: StreamRegistry | None = registry
+
+    def release(self) -> None:
+        if self._registry is not None:
+            self._registry.open_streams -= 1
+            self._registry = None
+
+
 class StreamRegistry:
     """The instance's streams, by subject; enforces both caps."""
 
@@ -159,20 +171,24 @@ class StreamRegistry:
         if self._feeds.get(feed.key) is feed:
             del self._feeds[feed.key]
 
-    @contextlib.asynccontextmanager
-    async def join(
-        self, *, key: str, fetch: Fetch, latest_id: LatestId
-    ) -> AsyncIterator[tuple[SubjectFeed, StreamSlot]]:
-        """A place in `key`'s feed; over the subject's cap, its oldest stream is ended."""
+    def reserve(self) -> StreamPlace:
+        """A place among the instance's streams, taken before the 200 is sent; or 503."""
         if self.open_streams >= self._max_streams:
             raise TooManyStreamsError()
+        self.open_streams += 1
+        return StreamPlace(self)
+
+    @contextlib.asynccontextmanager
+    async def join(
+        self, *, place: StreamPlace, key: str, fetch: Fetch, latest_id: LatestId
+    ) -> AsyncIterator[tuple[SubjectFeed, StreamSlot]]:
+        """A place in `key`'s feed; over the subject's cap, its oldest stream is ended."""
         feed = self._feeds.get(key)
         if feed is None:
             feed = SubjectFeed(key=key, bus=self._bus, heartbeat=self._heartbeat, registry=self)
             self._feeds[key] = feed
         slot = StreamSlot(next(self._serials))
         feed.slots.append(slot)
-        self.open_streams += 1
         # A browser reconnecting may arrive before its dead stream is noticed: the new one wins.
         while len(feed.slots) > self._max_per_subject:
             oldest = feed.slots.pop(0)
@@ -181,7 +197,7 @@ class StreamRegistry:
             await feed.ensure_started(fetch=fetch, latest_id=latest_id)
             yield feed, slot
         finally:
-            self.open_streams -= 1
+            place.release()
             with contextlib.suppress(ValueError):
                 feed.slots.remove(slot)
             if not feed.slots and self._feeds.get(key) is feed:

@@ -94,19 +94,17 @@ async def stream_events(
     # The stream ends with the bearer token it was opened with (a ticket stream: TODO, the
     # ticket does not record the token's expiry yet).
     expires_at = auth.user.expires_at if ticket is None and auth.user is not None else None
-    frames = events.frames(subject=subject, last_event_id=last_event_id, expires_at=expires_at)
-    # Joined and positioned before the 200: a full instance or a failed read is a plain error.
-    try:
-        await anext(frames)
-    except BaseException:
-        await frames.aclose()
-        raise
+    place = events.reserve_stream()
+    frames = events.frames(
+        subject=subject, place=place, last_event_id=last_event_id, expires_at=expires_at
+    )
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            yield format_sse_event(comment="connected", retry=settings.events_retry_ms)
             async for frame in frames:
-                if frame.kind == "heartbeat":
+                if frame.kind == "ready":
+                    yield format_sse_event(comment="connected", retry=settings.events_retry_ms)
+                elif frame.kind == "heartbeat":
                     yield sse_comment("heartbeat")
                 elif frame.event is not None:
                     yield sse_event(
@@ -118,5 +116,6 @@ async def stream_events(
         finally:
             # Leaves the subject's feed even when cancelled between two frames.
             await frames.aclose()
+            place.release()
 
     return DisconnectAwareEventSourceResponse(body())
