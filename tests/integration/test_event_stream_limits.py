@@ -218,6 +218,33 @@ class TestStreamEndsWithItsCredential:
         # exp is whole seconds: 2 to 3 s after minting, and the stream ends right then.
         assert 1.5 <= time.monotonic() - opened <= 4.5
 
+    async def test_ticket_stream_closes_when_the_token_it_was_traded_for_expires(
+        self, http: httpx.AsyncClient, settings: Settings
+    ) -> None:
+        assert settings.supabase_jwt_secret
+        token = mint_user_token(
+            settings.supabase_jwt_secret,
+            issuer=token_issuer(settings),
+            user_id=make_user(settings).id,
+            email="ticket@example.test",
+            lifetime_seconds=3,
+        )
+        opened = time.monotonic()
+        issued = await http.post(
+            "/api/v1/events/ticket", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert issued.status_code == 201, issued.text
+        ticket = issued.json()["ticket"]
+        # The exp it carries is covered by the stored hash: changed, the ticket is unknown.
+        forged = f"{ticket.rpartition('.')[0]}.{int(time.time()) + 3600}"
+        refused = await http.get("/api/v1/events", params={"ticket": forged})
+        assert refused.status_code == 401
+        async with http.stream("GET", "/api/v1/events", params={"ticket": ticket}) as stream:
+            messages = sse_messages(stream)
+            assert (await anext(messages)).comments == ["connected"]
+            await rest_of_stream(messages, timeout=8)
+        assert 1.5 <= time.monotonic() - opened <= 4.5
+
     async def test_session_stream_delivers_deleted_then_closes(
         self, http: httpx.AsyncClient
     ) -> None:

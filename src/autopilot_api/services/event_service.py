@@ -83,8 +83,14 @@ class EventService:
         self._streams = streams
 
     async def issue_ticket(self, *, user: UserContext) -> tuple[str, str]:
-        """A single-use ticket for the stream URL (only its hash is stored)."""
+        """A single-use ticket for the stream URL (only its hash is stored).
+
+        It ends with the bearer token's exp, so the stream it opens ends with the token: the
+        stored hash covers the whole ticket, so a changed exp is an unknown ticket.
+        """
         ticket = generate_session_token()
+        if user.expires_at is not None:
+            ticket = f"{ticket}.{int(user.expires_at)}"
         expires_at = await call_rpc(
             self._supabase,
             "issue_event_ticket",
@@ -95,6 +101,12 @@ class EventService:
             },
         )
         return ticket, str(expires_at)
+
+    @staticmethod
+    def ticket_expiry(ticket: str) -> float | None:
+        """The token exp a consumed (hence genuine) ticket carries, if any."""
+        _, dot, exp = ticket.rpartition(".")
+        return float(exp) if dot and exp.isdigit() else None
 
     async def consume_ticket(self, *, ticket: str) -> UUID:
         profile_id = await call_rpc(

@@ -91,9 +91,11 @@ async def stream_events(
         subject = EventSubject("session", auth.session.session_id)
     else:
         raise UnauthorizedError("Send the session cookie, a bearer token or a ticket.")
-    # The stream ends with the bearer token it was opened with (a ticket stream: TODO, the
-    # ticket does not record the token's expiry yet).
-    expires_at = auth.user.expires_at if ticket is None and auth.user is not None else None
+    # The stream ends with the bearer token it was opened with (or the ticket was traded for).
+    if ticket is not None:
+        expires_at = events.ticket_expiry(ticket)
+    else:
+        expires_at = auth.user.expires_at if auth.user is not None else None
     place = events.reserve_stream()
     frames = events.frames(
         subject=subject, place=place, last_event_id=last_event_id, expires_at=expires_at
