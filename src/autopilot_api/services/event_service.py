@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -147,17 +148,28 @@ class EventService:
         rows = cast(list[dict[str, Any]], response.data)
         return int(rows[0]["id"]) if rows else 0
 
-    def reserve_stream(self) -> StreamPlace:
-        """Counts the stream against the instance's cap (503 past it) before it starts."""
-        return self._streams.reserve()
+    def frames(
+        self, *, subject: EventSubject, last_event_id: int | None, expires_at: float | None = None
+    ) -> AsyncGenerator[StreamFrame]:
+        """The stream's frames, counted against the instance's cap now (503 past it).
 
-    async def frames(
+        The place is given back when the stream ends, or when the generator is dropped
+        unstarted (a client gone before the first byte): the count never creeps up.
+        """
+        place = self._streams.reserve()
+        stream = self._frames(
+            subject=subject, place=place, last_event_id=last_event_id, expires_at=expires_at
+        )
+        weakref.finalize(stream, place.release)
+        return stream
+
+    async def _frames(
         self,
         *,
         subject: EventSubject,
         place: StreamPlace,
         last_event_id: int | None,
-        expires_at: float | None = None,
+        expires_at: float | None,
     ) -> AsyncGenerator[StreamFrame]:
         """Replay after `last_event_id` (or start from now), then live; heartbeats between.
 

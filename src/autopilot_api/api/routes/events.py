@@ -96,10 +96,7 @@ async def stream_events(
         expires_at = events.ticket_expiry(ticket)
     else:
         expires_at = auth.user.expires_at if auth.user is not None else None
-    place = events.reserve_stream()
-    frames = events.frames(
-        subject=subject, place=place, last_event_id=last_event_id, expires_at=expires_at
-    )
+    frames = events.frames(subject=subject, last_event_id=last_event_id, expires_at=expires_at)
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -118,6 +115,5 @@ async def stream_events(
         finally:
             # Leaves the subject's feed even when cancelled between two frames.
             await frames.aclose()
-            place.release()
 
     return DisconnectAwareEventSourceResponse(body())
