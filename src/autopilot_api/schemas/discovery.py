@@ -114,7 +114,10 @@ class ProgressUpdate(CamelInput):
 
 class SessionUpdate(ProgressUpdate):
     metadata: dict[str, Any] | SkipJsonSchema[None] = Field(
-        default=None, description="Merged key by key into the session's metadata."
+        default=None,
+        description="Merged key by key into the session's metadata; a key set to null is "
+        "removed. The merged whole is capped (SESSION_METADATA_MAX_BYTES): past it the PUT "
+        "is refused with 422 metadata_too_large and nothing is stored.",
     )
 
     @field_validator("metadata", mode="before")
