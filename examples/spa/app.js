@@ -48,7 +48,10 @@ function renderProgress(row) {
 
 async function refresh() {
   const response = await api(accessToken ? "/api/v1/discovery" : "/api/v1/sessions/me");
-  if (response.ok) renderProgress(await response.json());
+  if (!response.ok) return null;
+  const row = await response.json();
+  renderProgress(row);
+  return row;
 }
 
 function listen(url) {
@@ -70,11 +73,30 @@ function bubble(role, text) {
   return div;
 }
 
+function countReplies() {
+  document.body.dataset.replies = String(document.querySelectorAll(".assistant").length);
+}
+
+// A conversation opens with the agent's greeting and first question: show it at once.
+// The session's current conversation is resumed; otherwise a new one is started.
+async function openConversation(currentId) {
+  let conversation = null;
+  if (currentId) {
+    const response = await api(`/api/v1/conversations/${currentId}?limit=200`);
+    if (response.ok) conversation = await response.json();
+  }
+  if (!conversation) {
+    conversation = await (await api("/api/v1/conversations", { method: "POST", json: {} })).json();
+  }
+  conversationId = conversation.id;
+  $("messages").replaceChildren();
+  for (const message of conversation.messages) bubble(message.role, message.content);
+  countReplies();
+}
+
 // The reply streams as SSE over a POST, so fetch reads it (EventSource is GET-only).
 async function sendMessage(text) {
-  if (!conversationId) {
-    conversationId = (await (await api("/api/v1/conversations", { method: "POST", json: {} })).json()).id;
-  }
+  if (!conversationId) await openConversation(null);
   bubble("user", text);
   const reply = bubble("assistant", "");
   const response = await api(`/api/v1/conversations/${conversationId}/messages`, {
@@ -99,7 +121,7 @@ async function sendMessage(text) {
       if (event[1] === "error") reply.textContent = payload.error.message;
     }
   }
-  document.body.dataset.replies = String(document.querySelectorAll(".assistant").length);
+  countReplies();
 }
 
 async function claim(token) {
@@ -129,7 +151,8 @@ $("signin").addEventListener("submit", (event) => {
 
 (async () => {
   await api("/api/v1/sessions", { method: "POST" });
-  await refresh();
+  const session = await refresh();
   listen(`${API}/api/v1/events`);
+  await openConversation(session && session.conversationId);
   setState("ready", "anonymous session");
 })().catch((error) => setState("error", error.message));

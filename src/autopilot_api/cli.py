@@ -62,6 +62,7 @@ def _serve(_: argparse.Namespace) -> int:
     from uvicorn.supervisors import Multiprocess
 
     from autopilot_api.core.logging import configure_logging
+    from autopilot_api.core.metrics_export import MetricsExport
 
     settings = get_settings()
     settings.require_data_plane()
@@ -84,6 +85,8 @@ def _serve(_: argparse.Namespace) -> int:
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.keepalive_timeout_seconds,
     )
+    # Before any worker imports prometheus_client: one metrics folder for all of them.
+    metrics = MetricsExport.open(settings)
     try:
         if config.workers > 1:
             # As uvicorn.run does for workers: the supervisor hands the one socket to each.
@@ -103,6 +106,7 @@ def _serve(_: argparse.Namespace) -> int:
         return 0 if server.started else STARTUP_FAILURE
     finally:
         sock.close()
+        metrics.close()
 
 
 def _server(config: uvicorn.Config, *, banner: str | None) -> uvicorn.Server:

@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 
 from autopilot_api.api.error_handlers import install_error_handlers
 from autopilot_api.api.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from autopilot_api.api.openapi import install_openapi, operation_id
 from autopilot_api.api.routes import (
     admin,
     conversations,
@@ -29,6 +30,7 @@ from autopilot_api.api.routes import (
 )
 from autopilot_api.core.config import Settings, get_settings
 from autopilot_api.core.logging import configure_logging
+from autopilot_api.core.metrics import mark_worker_exited
 from autopilot_api.core.openai import create_openai_client
 from autopilot_api.core.security import TokenVerifier
 from autopilot_api.core.state import AppState
@@ -72,6 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         ),
         rate_limiter=create_rate_limiter(settings.redis_url),
         bus=create_event_bus(settings.redis_url),
+        data_plane_problem=plane.problem,
     )
     await state.bus.start()
     cleanup_task = start_session_cleanup(
@@ -96,6 +99,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         if openai is not None:
             await openai.close()
         await asyncio.to_thread(plane.stop)
+        mark_worker_exited()
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -124,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -155,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router, prefix=f"{API_PREFIX}/events")
     app.include_router(admin.router, prefix=f"{API_PREFIX}/admin")
     app.include_router(search_sessions.router, prefix=f"{API_PREFIX}/search-sessions")
+    install_openapi(app, settings)
     return app
 
 

@@ -18,7 +18,7 @@ from playwright.sync_api import Page, sync_playwright
 from autopilot_api.core.config import PROJECT_ROOT
 from autopilot_api.core.security import mint_user_token
 from autopilot_api.local.dataplane import LocalDataPlane, free_port
-from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
+from autopilot_api.services.extraction_constants import QUESTION_BY_KEY, QUESTION_KEYS_IN_ORDER
 from tests.conftest import make_settings
 from tests.fixtures.chromium import ChromiumUnavailableError, find_chromium
 from tests.fixtures.factories import token_issuer
@@ -136,8 +136,11 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(f"{spa_origin}/index.html?api={api.base_url}")
         page.wait_for_selector("body[data-state='ready'][data-events='open']", timeout=15_000)
+        # The agent opens with its first question, before the visitor types anything.
+        page.wait_for_selector("body[data-replies='1']", timeout=15_000)
+        first_question = QUESTION_BY_KEY[QUESTION_KEYS_IN_ORDER[0]].label
+        assert first_question in page.inner_text(".msg.assistant")
 
-        send(page, "hello", replies=1)
         for count, answer in enumerate(["warehouse", "120000", "Columbus, Ohio"], start=1):
             send(page, answer, replies=count + 1)
             # The table fills in from the live events stream, not from the chat reply.
@@ -187,8 +190,9 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
         headers=headers,
     ).json()
     user_lines = [m["content"] for m in moved["messages"] if m["role"] == "user"]
-    assert user_lines[:4] == ["hello", "warehouse", "120000", "Columbus, Ohio"]
-    assert len(user_lines) == 1 + len(QUESTION_KEYS_IN_ORDER) + 5
+    assert user_lines[:3] == ["warehouse", "120000", "Columbus, Ohio"]
+    assert len(user_lines) == len(QUESTION_KEYS_IN_ORDER) + 5
+    assert moved["messages"][0]["content"].endswith(first_question)
     assert screenshot.stat().st_size > 10_000
 
 

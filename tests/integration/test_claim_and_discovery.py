@@ -16,7 +16,14 @@ from autopilot_api.core.config import Settings
 from autopilot_api.core.security import mint_user_token
 from autopilot_api.local.dataplane import LocalDataPlane
 from tests.conftest import browser_client, plane_info
-from tests.fixtures.factories import TestUser, answer, make_user, start_session, token_issuer
+from tests.fixtures.factories import (
+    TestUser,
+    answer,
+    make_user,
+    start_session,
+    token_issuer,
+    valid_value,
+)
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 COOKIE = "autopilot_session"
@@ -484,13 +491,15 @@ class TestAuthUserDeletion:
     ) -> None:
         user = make_user(settings)
         token = await start_session(client)
-        await client.put(
-            "/api/v1/sessions/me", json={"answers": {"facility_type": answer("warehouse")}}
+        facility = valid_value("facility_type")
+        stored = await client.put(
+            "/api/v1/sessions/me", json={"answers": {"facility_type": answer(facility)}}
         )
+        assert stored.status_code == 200
         await add_session_conversation(rest, token)
         assert (await claim(client, user)).status_code == 200
         profile = (await client.get("/api/v1/discovery", headers=user.headers)).json()
-        assert profile["answers"]["facility_type"]["value"] == "warehouse"
+        assert profile["answers"]["facility_type"]["value"] == facility
         listed = await client.get("/api/v1/conversations", headers=user.headers)
         assert len(listed.json()) == 1
 

@@ -16,7 +16,12 @@ from fastapi import FastAPI
 
 from autopilot_api.core.config import Settings
 from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
+from autopilot_api.services.extraction_constants import (
+    QUESTION_BY_KEY,
+    QUESTION_KEYS_IN_ORDER,
+    ROI_INPUTS,
+)
+from autopilot_api.services.opening import OPENING_DONE
 from tests.conftest import browser_client, make_settings, running_app
 from tests.fixtures.factories import SPA_ORIGIN, answer, make_user, start_session, valid_value
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply
@@ -165,7 +170,7 @@ class TestConversationsOwnership:
         mine = await client.get(f"/api/v1/conversations/{conversation_id}", headers=user.headers)
         assert mine.status_code == 200
         assert mine.json()["owner"] == "user"
-        assert len(mine.json()["messages"]) == 2
+        assert len(mine.json()["messages"]) == 3  # the opening, "hello", the reply
 
     async def test_messages_page_newest_first(self, client: httpx.AsyncClient) -> None:
         conversation_id = await new_conversation(client)
@@ -182,8 +187,8 @@ class TestConversationsOwnership:
                 params={"limit": 4, "before": page["nextBefore"]},
             )
         ).json()
-        assert [m["content"] for m in older["messages"]][0] == "hello"
-        assert len(older["messages"]) == 2
+        assert [m["role"] for m in older["messages"]] == ["assistant", "user", "assistant"]
+        assert older["messages"][1]["content"] == "hello"
         assert older["nextBefore"] is None
 
 
@@ -192,9 +197,10 @@ class TestOfflineAgent:
     async def test_offline_mode_walks_the_first_five_questions(
         self, client: httpx.AsyncClient
     ) -> None:
-        conversation_id = await new_conversation(client)
-        replies = ["hello", "warehouse", "120000", "Columbus, Ohio", "2", "16"]
-        asked = []
+        created = await client.post("/api/v1/conversations", json={})
+        conversation_id = created.json()["id"]
+        replies = ["warehouse", "120000", "Columbus, Ohio", "2", "16"]
+        asked = [created.json()["messages"][0]["content"]]
         for text in replies:
             response = await say(client, conversation_id, text)
             assert response.status_code == 201
@@ -214,8 +220,7 @@ class TestOfflineAgent:
         everything_but_last = {key: answer(valid_value(key)) for key in QUESTION_KEYS_IN_ORDER[:-1]}
         await client.put("/api/v1/sessions/me", json={"answers": everything_but_last})
         conversation_id = await new_conversation(client)
-        await say(client, conversation_id, "hi")
-        await say(client, conversation_id, "lease")
+        await say(client, conversation_id, "lease")  # the opening asked the last question
         assert (await client.get("/api/v1/sessions/me")).json()["phase"] == "roi"
         for value in ("35", "80%", "0.1", "12000", "400"):
             response = await say(client, conversation_id, value)
@@ -249,6 +254,103 @@ class TestOfflineAgent:
 
 
 @ASYNC
+class TestOpeningMessage:
+    """A conversation opens with the agent's greeting and first unanswered question, so the
+    visitor's first message is an answer, recorded against the key that was asked."""
+
+    async def test_a_new_conversation_opens_with_the_first_question(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        created = await client.post("/api/v1/conversations", json={})
+        assert created.status_code == 201
+        first_question = QUESTION_BY_KEY[QUESTION_KEYS_IN_ORDER[0]].label
+        page = (await client.get(f"/api/v1/conversations/{created.json()['id']}")).json()
+        assert [m["role"] for m in page["messages"]] == ["assistant"]
+        opening = page["messages"][0]
+        assert first_question in opening["content"]
+        assert opening["content"] != first_question  # a greeting comes with it
+        assert opening["status"] == "complete"
+        assert opening["replyTo"] is None
+        assert created.json()["messages"] == [opening]  # the creator sees it at once
+
+    async def test_the_opening_skips_what_the_session_or_profile_already_answered(
+        self, client: httpx.AsyncClient, settings: Settings
+    ) -> None:
+        await start_session(client)
+        first, second, third = QUESTION_KEYS_IN_ORDER[:3]
+        await client.put(
+            "/api/v1/sessions/me",
+            json={
+                "answers": {first: answer(valid_value(first)), second: answer(valid_value(second))}
+            },
+        )
+        created = (await client.post("/api/v1/conversations", json={})).json()
+        assert QUESTION_BY_KEY[third].label in created["messages"][0]["content"]
+
+        user = make_user(settings)
+        await client.put(
+            "/api/v1/discovery",
+            json={"answers": {first: answer(valid_value(first))}},
+            headers=user.headers,
+        )
+        mine = (await client.post("/api/v1/conversations", json={}, headers=user.headers)).json()
+        assert mine["owner"] == "user"
+        assert QUESTION_BY_KEY[second].label in mine["messages"][0]["content"]
+
+    async def test_a_newcomer_typing_cold_storage_first_has_it_recorded_as_facility_type(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        conversation_id = await new_conversation(client)
+        reply = await say(client, conversation_id, "cold storage")
+        assert reply.status_code == 201
+        answers = (await client.get("/api/v1/sessions/me")).json()["answers"]
+        assert answers["facility_type"]["value"] == "cold storage"
+        assert answers["facility_type"]["source"] == "user"
+        second = QUESTION_BY_KEY[QUESTION_KEYS_IN_ORDER[1]].label
+        assert second in reply.json()["assistantMessage"]["content"]
+
+    async def test_an_answer_given_out_of_turn_stays_on_its_own_key(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        # The opening asks for the facility type; meanwhile the visitor fills in the size in
+        # a form. Their chat reply still answers the question on screen, and the size stays.
+        first, second, third = QUESTION_KEYS_IN_ORDER[:3]
+        conversation_id = await new_conversation(client)
+        await client.put("/api/v1/sessions/me", json={"answers": {second: answer(50000.0)}})
+        reply = await say(client, conversation_id, "cold storage")
+        answers = (await client.get("/api/v1/sessions/me")).json()["answers"]
+        assert answers[first]["value"] == "cold storage"
+        assert answers[second]["value"] == 50000
+        assert set(answers) == {first, second}
+        assert QUESTION_BY_KEY[third].label in reply.json()["assistantMessage"]["content"]
+
+    async def test_in_the_roi_phase_the_opening_asks_the_first_missing_roi_input(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        await start_session(client)
+        everything = {key: answer(valid_value(key)) for key in QUESTION_KEYS_IN_ORDER}
+        await client.put(
+            "/api/v1/sessions/me", json={"answers": everything, "roiInputs": {"laborRate": 35.0}}
+        )
+        created = (await client.post("/api/v1/conversations", json={})).json()
+        assert ROI_INPUTS[1].label in created["messages"][0]["content"]
+        await say(client, created["id"], "80%")
+        roi = (await client.get("/api/v1/sessions/me")).json()["roiInputs"]
+        assert (roi["laborRate"], roi["utilization"], roi["maintenanceFactor"]) == (35, 0.8, None)
+
+    async def test_with_nothing_left_to_ask_the_opening_points_to_checkout(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        await start_session(client)
+        for phase in ("roi", "greenlight"):
+            assert (
+                await client.put("/api/v1/sessions/me", json={"phase": phase})
+            ).status_code == 200
+        created = (await client.post("/api/v1/conversations", json={})).json()
+        assert OPENING_DONE in created["messages"][0]["content"]
+
+
+@ASYNC
 class TestMessageLimits:
     async def test_too_long_or_blank_message_is_422_and_not_stored(
         self, client: httpx.AsyncClient, settings: Settings
@@ -258,7 +360,7 @@ class TestMessageLimits:
         assert too_long.status_code == 422
         assert (await say(client, conversation_id, "   ")).status_code == 422
         page = (await client.get(f"/api/v1/conversations/{conversation_id}")).json()
-        assert page["messages"] == []
+        assert [m["role"] for m in page["messages"]] == ["assistant"]  # the opening alone
 
     async def test_message_rate_limit_is_429(self, data_plane: LocalDataPlane) -> None:
         settings = make_settings(data_plane, message_rate_limit_per_minute=2)
@@ -292,6 +394,24 @@ class TestOnlineAgent:
         await online.put("/api/v1/sessions/me", json={"phase": "roi"})
         await say(online, conversation_id, "what next?")
         assert "ROI phase" in model.chat_requests()[-1]["messages"][0]["content"]
+
+    async def test_the_model_sees_the_opening_and_the_roi_prompt_the_next_missing_input(
+        self, online: httpx.AsyncClient, model: FakeOpenAIServer
+    ) -> None:
+        await start_session(online)
+        await online.put(
+            "/api/v1/sessions/me", json={"phase": "roi", "roiInputs": {"laborRate": 42.5}}
+        )
+        created = (await online.post("/api/v1/conversations", json={})).json()
+        await say(online, created["id"], "what do you need?")
+        sent = model.chat_requests()[-1]["messages"]
+        system = sent[0]["content"]
+        assert "ROI phase" in system
+        assert f"Next missing ROI input: {ROI_INPUTS[1].label}" in system
+        assert f"{ROI_INPUTS[0].label} 42.5" in system  # the inputs so far
+        # The model asked nothing yet: the question on screen is the opening's, the same one.
+        assert sent[1] == {"role": "assistant", "content": created["messages"][0]["content"]}
+        assert ROI_INPUTS[1].label in sent[1]["content"]
 
     async def test_history_sent_to_the_model_is_bounded(
         self, data_plane: LocalDataPlane, model: FakeOpenAIServer
@@ -334,7 +454,7 @@ class TestOnlineAgent:
         assert second.json()["assistantMessage"] == first.json()["assistantMessage"]
         assert len(model.chat_requests()) == calls
         messages = (await online.get(f"/api/v1/conversations/{conversation_id}")).json()["messages"]
-        assert len(messages) == 2
+        assert len(messages) == 3  # the opening, the message, its one reply
 
     @pytest.mark.parametrize(
         "failure",
@@ -355,8 +475,8 @@ class TestOnlineAgent:
         assert response.json()["error"]["code"] == "model_unavailable"
         assert response.json()["error"]["category"] == "temporary"
         messages = (await online.get(f"/api/v1/conversations/{conversation_id}")).json()["messages"]
-        assert messages[0]["content"] == "are you there?"
-        assert messages[1]["status"] == "error"
+        assert messages[-2]["content"] == "are you there?"
+        assert messages[-1]["status"] == "error"
 
     async def test_model_outage_while_streaming_is_an_error_event(
         self, online: httpx.AsyncClient, model: FakeOpenAIServer
@@ -503,6 +623,29 @@ class TestExtraction:
         assert await request("b", third) is True
 
 
+async def settled_replies(
+    rest: httpx.AsyncClient, user_message_ids: list[str]
+) -> list[dict[str, Any]]:
+    """The stored replies to these messages, once each has one and nothing changed for 1 s."""
+    params = {
+        "select": "reply_to,status,content",
+        "role": "eq.assistant",
+        "reply_to": f"in.({','.join(user_message_ids)})",
+    }
+    previous: list[dict[str, Any]] | None = None
+    loop = asyncio.get_running_loop()
+    deadline, stable_since = loop.time() + 10, loop.time()
+    while loop.time() < deadline:
+        rows: list[dict[str, Any]] = (await rest.get("/messages", params=params)).json()
+        if rows != previous:
+            previous, stable_since = rows, loop.time()
+        elif len({r["reply_to"] for r in rows}) == len(user_message_ids):
+            if loop.time() - stable_since > 1.0:
+                return rows
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"replies did not settle: {previous}")
+
+
 @pytest.fixture(scope="module")
 def streaming_service(
     data_plane: LocalDataPlane,
@@ -549,13 +692,52 @@ class TestStreamingOverRealHttp:
                 stored = (await http.get(f"/api/v1/conversations/{conversation_id}")).json()[
                     "messages"
                 ]
-                if len(stored) == 2:
+                if len(stored) == 3:  # the opening, "hi", the reply
                     break
                 await asyncio.sleep(0.1)
-        assert stored[1]["status"] == "aborted"
-        assert stored[1]["content"].startswith("one two")
-        assert stored[1]["content"] != "one two three four"
+        assert stored[2]["status"] == "aborted"
+        assert stored[2]["content"].startswith("one two")
+        assert stored[2]["content"] != "one two three four"
         assert model.wait_for_disconnects(1, timeout=5)
+
+    async def test_leaving_after_the_last_delta_stores_one_reply_per_message(
+        self, streaming_service: ServiceProcess, model: FakeOpenAIServer, rest: httpx.AsyncClient
+    ) -> None:
+        # The client closes the stream at the last word, before `done`: the server is then
+        # storing the complete reply, and the disconnect lands in the middle of that write.
+        chunks = ["Which ", "kind ", "of ", "facility?"]
+        model.default = Reply(chunks=chunks)
+        user_message_ids: list[str] = []
+        for _ in range(10):
+            async with httpx.AsyncClient(
+                base_url=streaming_service.base_url, headers={"Origin": SPA_ORIGIN}
+            ) as http:
+                conversation_id = await new_conversation(http)
+                text, event = "", ""
+                async with http.stream(
+                    "POST",
+                    f"/api/v1/conversations/{conversation_id}/messages",
+                    json={"content": "hello"},
+                    headers={"Accept": "text/event-stream"},
+                ) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("event: "):
+                            event = line.removeprefix("event: ")
+                        elif line.startswith("data: "):
+                            data = json.loads(line.removeprefix("data: "))
+                            assert event != "done", "the client was meant to leave before done"
+                            if event == "start":
+                                user_message_ids.append(data["userMessageId"])
+                            elif event == "delta":
+                                text += data["text"]
+                                if text == "".join(chunks):
+                                    break
+        rows = await settled_replies(rest, user_message_ids)
+        per_message = {m: [r for r in rows if r["reply_to"] == m] for m in user_message_ids}
+        assert {m: len(replies) for m, replies in per_message.items()} == dict.fromkeys(
+            user_message_ids, 1
+        )
+        assert all(r["content"] == "".join(chunks) for r in rows)
 
     async def test_extraction_runs_after_the_reply_was_sent(
         self, streaming_service: ServiceProcess, model: FakeOpenAIServer

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from autopilot_api.db.migrations import ALEMBIC_DIR, MIGRATIONS_DIR, upgrade_database
 from autopilot_api.local.dataplane import LocalDataPlane, drop_database, with_database
-from tests.conftest import plane_info
+from tests.conftest import browser_client, make_settings, plane_info, running_app
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 
@@ -250,11 +250,19 @@ class TestAnonKeyLockout:
 @ASYNC
 class TestMetrics:
     async def test_metrics_count_requests_by_route_template_and_sessions(
-        self, client: httpx.AsyncClient
+        self, client: httpx.AsyncClient, data_plane: LocalDataPlane
     ) -> None:
         await client.post("/api/v1/sessions")
         await client.get("/api/v1/conversations/00000000-0000-0000-0000-000000000000")
-        text = (await client.get("/metrics")).text
+        # /metrics is for operators: this app (not local mode) opens it to a METRICS_TOKEN.
+        token = "metrics-token-of-the-test"
+        async with running_app(make_settings(data_plane, metrics_token=token)) as app:
+            async with browser_client(app) as operator:
+                scrape = await operator.get(
+                    "/metrics", headers={"Authorization": f"Bearer {token}"}
+                )
+        assert scrape.status_code == 200
+        text = scrape.text
         assert (
             'autopilot_http_requests_total{method="POST",route="/api/v1/sessions",status="201"}'
             in text

@@ -94,7 +94,8 @@ def test_the_readme_curl_walkthrough_runs_as_written(
         check=False,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.stderr == ""
+    # 4: the opening message (on stderr) asks the first question the PUT left open.
+    assert result.stderr.strip().endswith("Where is the facility located (city and region)?")
 
     created, read, updated, turn, claim, profile = _json_lines(result.stdout)
     # 1, 2: the session the cookie names, read back at version 1.
@@ -110,7 +111,7 @@ def test_the_readme_curl_walkthrough_runs_as_written(
     conversation = re.search(r"^Conversation: ([0-9a-f-]{36})$", result.stdout, re.M)
     assert conversation is not None
     assert turn["userMessage"]["conversationId"] == conversation.group(1)
-    assert turn["assistantMessage"]["content"] == "Where is the facility located (city and region)?"
+    assert turn["assistantMessage"]["content"] == "How many sites or facilities do you operate?"
     # 6: the same over SSE, ending with the saved reply.
     events = _sse_events(result.stdout)
     kinds = [kind for kind, _ in events]
@@ -126,11 +127,12 @@ def test_the_readme_curl_walkthrough_runs_as_written(
         False,
         1,
     )
-    # 9: the profile holds every answer: two from the PUT, one from the streamed message.
+    # 9: the profile holds every answer: two from the PUT, one per message.
     assert profile["profileId"] == claim["profile"]["profileId"]
     answers = {key: a["value"] for key, a in profile["answers"].items()}
     assert answers == {
         "facility_type": "warehouse / distribution center",
         "facility_size_sqft": 120000,
         "facility_location": "Rotterdam, South Holland",
+        "number_of_sites": 3,
     }

@@ -158,3 +158,22 @@ class TestReadmeTable:
         table = settings_table()
         for name in Settings.model_fields:
             assert f"| `{name.upper()}` |" in table
+
+
+class TestMetricsSettings:
+    def test_metrics_are_closed_by_default(self) -> None:
+        settings = _settings()
+        assert settings.metrics_token is None
+        assert settings.metrics_port is None
+
+    def test_metrics_port_must_differ_from_the_api_port(self) -> None:
+        with pytest.raises(SettingsError, match="METRICS_PORT must differ from PORT"):
+            _settings(port=8000, metrics_port=8000)
+
+    def test_a_short_metrics_token_is_refused(self) -> None:
+        with pytest.raises(SettingsError, match="METRICS_TOKEN must be at least 16"):
+            _settings(metrics_token="short")
+
+    def test_the_token_stays_out_of_the_settings_repr(self) -> None:
+        token = "a-metrics-token-of-32-characters"
+        assert token not in repr(_settings(metrics_token=token))

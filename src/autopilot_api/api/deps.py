@@ -23,6 +23,7 @@ from autopilot_api.core.errors import (
     ForbiddenError,
     UnauthorizedError,
 )
+from autopilot_api.core.metrics import check_scrape_access
 from autopilot_api.core.request_context import clear_cookie_var
 from autopilot_api.core.security import TokenVerifier
 from autopilot_api.core.state import AppState
@@ -104,9 +105,21 @@ async def get_rate_limiter(state: AppStateDep) -> RateLimiter:
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 
 
+async def require_metrics_access(request: Request, settings: SettingsDep) -> None:
+    """/metrics on the API port: a METRICS_TOKEN bearer, or the loopback in local mode."""
+    check_scrape_access(
+        settings=settings,
+        client_host=request.client.host if request.client else None,
+        authorization=request.headers.get("authorization", ""),
+    )
+
+
+MetricsAccess = Depends(require_metrics_access)
+
+
 # --- services -----------------------------------------------------------------------------
-async def get_health_service(supabase: SupabaseDep) -> HealthService:
-    return HealthService(supabase)
+async def get_health_service(state: AppStateDep) -> HealthService:
+    return HealthService(state.supabase, data_plane_problem=state.data_plane_problem)
 
 
 HealthServiceDep = Annotated[HealthService, Depends(get_health_service)]
@@ -455,6 +468,11 @@ def expected_version(if_match: int | Literal["*"] | None) -> int | None:
 
 def set_etag(response: Response, row: Mapping[str, Any]) -> None:
     response.headers["ETag"] = etag_for(int(row["version"]))
+
+
+def set_location(response: Response, request: Request, route_name: str, **path_params: str) -> None:
+    """`Location` of a created resource: its path (a relative reference, right behind proxies)."""
+    response.headers["Location"] = str(request.app.url_path_for(route_name, **path_params))
 
 
 async def _get_or_create_session(

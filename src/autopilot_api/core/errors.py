@@ -127,6 +127,16 @@ class DataPlaneUnavailableError(TemporaryError):
     default_message = "The database is temporarily unavailable; retry shortly."
 
 
+class DataPlaneDownError(AppError):
+    """A data plane this process started (local mode) is down and will not come back by
+    itself: someone has to look at it, so no Retry-After."""
+
+    code = "data_plane_down"
+    status_code = 503
+    category = "admin_required"
+    default_message = "The local data plane is down; see the server log."
+
+
 class InternalError(AppError):
     code = "internal_error"
     status_code = 500
@@ -182,7 +192,9 @@ class RateLimitedError(AppError):
 class CsrfOriginRejectedError(ForbiddenError):
     code = "csrf_origin_rejected"
     default_message = (
-        "Cookie-authenticated writes must come from the API's own origin or an allowed origin."
+        "An Origin header naming an allowed origin (or the API's own) is required for "
+        "browser-credentialed writes: those sent with the session cookie or without a "
+        "bearer token."
     )
 
 

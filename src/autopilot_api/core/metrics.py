@@ -1,9 +1,32 @@
-"""Prometheus metrics, served at /metrics. Per process: with WORKERS > 1 each worker
-exposes its own (scrape each, or run one worker per container)."""
+"""Prometheus metrics: what is counted, who may read it, and one exposition for all workers.
+
+`autopilot-api serve` runs in Prometheus multiprocess mode (core/metrics_export.py): every
+worker writes to one folder and a scrape of any worker sees them all. Without it (the app
+built in-process, as the tests do) a scrape sees this process.
+
+Who may scrape /metrics on the API port: a `METRICS_TOKEN` bearer; in local mode anyone on
+the loopback; nobody else (404, so the API does not advertise it). METRICS_PORT serves it
+on a port of its own, for the operators' network.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import hmac
+import ipaddress
+import os
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from autopilot_api.core.config import Settings
+from autopilot_api.core.errors import NotFoundError, UnauthorizedError
+from autopilot_api.core.metrics_export import MULTIPROC_ENV
 
 REQUESTS = Counter(
     "autopilot_http_requests_total", "HTTP requests answered.", ["method", "route", "status"]
@@ -22,3 +45,44 @@ MODEL_SECONDS = Histogram(
     "Time the chat model took to finish a reply.",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60),
 )
+
+
+def render_metrics() -> bytes:
+    """The text exposition: every worker's values added up in multiprocess mode."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def mark_worker_exited() -> None:
+    """A worker going away drops its live gauges (its counters stay in the totals)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+def _is_loopback(host: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def check_scrape_access(*, settings: Settings, client_host: str | None, authorization: str) -> None:
+    """Raises unless this caller may read /metrics on the API port."""
+    if settings.local_mode and _is_loopback(client_host):
+        return
+    if settings.metrics_token is None:
+        raise NotFoundError()
+    scheme, _, credential = authorization.partition(" ")
+    expected = settings.metrics_token.get_secret_value().encode()
+    # Constant time: the comparison must not tell how much of a guess was right.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), expected):
+        raise UnauthorizedError(
+            "A valid METRICS_TOKEN bearer token is required.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import httpx
 from openai import AsyncOpenAI
@@ -23,3 +24,5 @@ class AppState:
     token_verifier: TokenVerifier
     rate_limiter: RateLimiter
     bus: EventBus
+    # Why a data plane this process started is down for good, or None (see /healthz).
+    data_plane_problem: Callable[[], str | None] = field(default=lambda: None)

@@ -49,6 +49,8 @@ class OpenDataPlane:
     endpoint: DataPlaneEndpoint
     settings: Settings
     stop: Callable[[], None]
+    # Why the plane is down for good (local mode), or None.
+    problem: Callable[[], str | None] = lambda: None
 
 
 def open_data_plane(settings: Settings) -> OpenDataPlane:
@@ -67,12 +69,13 @@ def open_data_plane(settings: Settings) -> OpenDataPlane:
         jwt_secret=settings.supabase_jwt_secret,
         postgrest_bin=settings.postgrest_bin,
         schema=settings.db_schema,
+        postgrest_max_restarts=settings.postgrest_max_restarts,
     )
     info = plane.start()
     endpoint = DataPlaneEndpoint(rest_url=info.rest_url, service_role_key=info.service_role_key)
     # Tokens this process verifies are signed with the local secret.
     local_settings = settings.model_copy(update={"supabase_jwt_secret": info.jwt_secret})
-    return OpenDataPlane(endpoint, local_settings, plane.stop)
+    return OpenDataPlane(endpoint, local_settings, plane.stop, plane.problem)
 
 
 def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> AsyncClient:

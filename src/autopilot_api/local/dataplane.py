@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import json
 import logging
 import os
 import secrets
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,8 +162,78 @@ def drop_database(server_url: str, database: str) -> None:
         )
 
 
+# pgserver lists in pgdata the pids of the processes using the server, and the last one to
+# let go stops it. A process killed with -9 never lets go: its pid stays, and the server
+# outlives everyone. Ours records each pid with its start time, so a dead (or reused) pid
+# is told apart from a live owner.
+_HANDLE_PIDS = ".handle_pids.json"
+_OWNERS = ".autopilot_owners.json"
+
+
+def _start_time(pid: int) -> float | None:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(process.create_time())
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _release_dead_owners(pgdata: Path) -> None:
+    """Drop from pgserver's list the pids of owners that are gone, so that this process,
+    adopting a server they left running, also stops it when it is the last one left."""
+    if not (pgdata / _HANDLE_PIDS).exists():
+        return
+    from pgserver.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        pids: list[int] = _read_json(pgdata / _HANDLE_PIDS, [])
+        owners: dict[str, float] = _read_json(pgdata / _OWNERS, {})
+        live = []
+        for pid in pids:
+            started = _start_time(pid)
+            recorded = owners.get(str(pid))
+            if started is not None and (recorded is None or abs(started - recorded) < 1.0):
+                live.append(pid)
+        gone = [pid for pid in pids if pid not in live]
+        if gone:
+            (pgdata / _HANDLE_PIDS).write_text(json.dumps(live))
+            (pgdata / _OWNERS).write_text(
+                json.dumps({str(pid): owners[str(pid)] for pid in live if str(pid) in owners})
+            )
+            logger.warning(
+                "processes that used the Postgres of %s are gone (pids %s): a server they "
+                "left running is adopted, and stopped with the last live process using it",
+                pgdata,
+                ", ".join(str(pid) for pid in gone),
+            )
+
+
+def _record_owner(pgdata: Path) -> None:
+    from pgserver.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        owners: dict[str, float] = _read_json(pgdata / _OWNERS, {})
+        owners[str(os.getpid())] = _start_time(os.getpid()) or 0.0
+        (pgdata / _OWNERS).write_text(json.dumps(owners))
+
+
 class PostgrestProcess:
-    """One PostgREST child process on a fixed loopback port (restartable on the same port)."""
+    """One PostgREST child process on a fixed loopback port (restartable on the same port).
+
+    `wanted` says whether it should be running: `stop()` clears it, so the supervisor
+    restarts only a child that died on its own, never one stopped on purpose.
+    """
 
     def __init__(
         self, *, binary: Path, env: dict[str, str], port: int, admin_port: int, log_path: Path
@@ -172,21 +244,33 @@ class PostgrestProcess:
         self.admin_port = admin_port
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        self.wanted = False
+        # Held across start, stop and the supervisor's look, so neither sees the other half done.
+        self.lock = threading.RLock()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
+        with self.lock:
+            self.wanted = True
+            if self.running:  # the supervisor got there first
+                return
+            self._spawn(timeout)
+
+    def _spawn(self, timeout: float) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.process = subprocess.Popen(
-            [str(self.binary)],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
+        try:
+            self.process = subprocess.Popen(
+                [str(self.binary)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -196,10 +280,15 @@ class PostgrestProcess:
                 if httpx.get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1).is_success:
                     return
             time.sleep(0.05)
-        self.stop()
+        self._terminate()
         raise DataPlaneStartError(f"PostgREST was not ready within {timeout:.0f} s")
 
     def stop(self) -> None:
+        with self.lock:
+            self.wanted = False
+            self._terminate()
+
+    def _terminate(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
@@ -209,9 +298,98 @@ class PostgrestProcess:
             self.process.kill()
             self.process.wait()
 
+    def exited(self) -> int | None:
+        """The exit status of a child that should be running and is not (reaped by the
+        poll: waitpid), else None."""
+        with self.lock:
+            if not self.wanted or self.process is None:
+                return None
+            return self.process.poll()
+
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+class PostgrestSupervisor:
+    """Watches the PostgREST child from a thread of its own; one that died is reaped and
+    started again with exponential backoff, until `max_restarts` in a row have failed
+    (a restart that then runs STABLE_SECONDS clears the count): then it gives up, and
+    `gave_up` says why (local /healthz answers 503).
+
+    The restarted child dies with this thread (PR_SET_PDEATHSIG follows the thread that
+    forked it), which lives as long as the plane.
+    """
+
+    CHECK_SECONDS = 0.2
+    FIRST_DELAY_SECONDS = 0.5
+    MAX_DELAY_SECONDS = 30.0
+    STABLE_SECONDS = 60.0
+
+    def __init__(self, postgrest: PostgrestProcess, *, max_restarts: int) -> None:
+        self.postgrest = postgrest
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.gave_up: str | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="postgrest-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=40)
+
+    def _run(self) -> None:
+        failures = 0
+        up_since = time.monotonic()
+        while not self._stopping.wait(self.CHECK_SECONDS):
+            status = self.postgrest.exited()
+            if status is None:
+                if failures and time.monotonic() - up_since >= self.STABLE_SECONDS:
+                    failures = 0
+                continue
+            logger.warning("PostgREST exited unexpectedly (status %s)", status)
+            while True:
+                if failures >= self.max_restarts:
+                    self.gave_up = (
+                        f"PostgREST exited and could not be restarted "
+                        f"({self.max_restarts} attempts)"
+                    )
+                    logger.error(
+                        "%s; the local data plane is down until the API is restarted (see %s)",
+                        self.gave_up,
+                        self.postgrest.log_path,
+                    )
+                    return
+                delay = min(self.FIRST_DELAY_SECONDS * 2**failures, self.MAX_DELAY_SECONDS)
+                failures += 1
+                logger.warning(
+                    "restarting PostgREST in %.1f s (attempt %d of %d)",
+                    delay,
+                    failures,
+                    self.max_restarts,
+                )
+                if self._stopping.wait(delay):
+                    return
+                if self._restart():
+                    self.restarts += 1
+                    up_since = time.monotonic()
+                    logger.warning("PostgREST restarted on %s", self.postgrest.url)
+                    break
+
+    def _restart(self) -> bool:
+        with self.postgrest.lock:
+            if not self.postgrest.wanted or self._stopping.is_set():
+                return True  # stopped on purpose meanwhile: nothing to restart
+            try:
+                self.postgrest._spawn(timeout=30.0)
+            except (OSError, DataPlaneStartError) as exc:
+                logger.warning("PostgREST did not start again: %s", str(exc)[:500])
+                return False
+            return True
 
 
 class LocalDataPlane:
@@ -227,6 +405,7 @@ class LocalDataPlane:
         schema: str = "autopilot",
         database_name: str = LOCAL_DATABASE,
         postgrest_pool: int = 20,
+        postgrest_max_restarts: int = 5,
     ) -> None:
         self.data_dir = data_dir
         self.server_url = database_url
@@ -235,7 +414,9 @@ class LocalDataPlane:
         self.schema = schema
         self.database_name = database_name
         self.postgrest_pool = postgrest_pool
+        self.postgrest_max_restarts = postgrest_max_restarts
         self.postgrest: PostgrestProcess | None = None
+        self.supervisor: PostgrestSupervisor | None = None
         self._pgserver: object | None = None
         self.info: LocalDataPlaneInfo | None = None
 
@@ -248,10 +429,12 @@ class LocalDataPlane:
             raise DataPlaneStartError(
                 "pgserver is not installed: `pip install -e .[local]`, or set DATABASE_URL"
             ) from exc
-        pgdata = self.data_dir / "pgdata"
+        pgdata = (self.data_dir / "pgdata").resolve()
         pgdata.parent.mkdir(parents=True, exist_ok=True)
+        _release_dead_owners(pgdata)
         server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         self._pgserver = server
+        _record_owner(pgdata)
         return str(server.get_uri())
 
     def start(self) -> LocalDataPlaneInfo:
@@ -295,6 +478,10 @@ class LocalDataPlane:
             log_path=self.data_dir / "postgrest.log",
         )
         self.postgrest.start()
+        self.supervisor = PostgrestSupervisor(
+            self.postgrest, max_restarts=self.postgrest_max_restarts
+        )
+        self.supervisor.start()
         self.info = LocalDataPlaneInfo(
             rest_url=self.postgrest.url,
             service_role_key=mint_role_key(jwt_secret, "service_role"),
@@ -339,7 +526,20 @@ class LocalDataPlane:
                     raise
                 time.sleep(0.5)
 
+    def problem(self) -> str | None:
+        """Why this plane is down for good, or None: PostgREST could not be restarted,
+        or the Postgres it started (or adopted) is gone."""
+        if self.supervisor is not None and self.supervisor.gave_up:
+            return self.supervisor.gave_up
+        if self._pgserver is not None:
+            pid = self.postgres_pid()
+            if pid is not None and not _alive(pid):
+                return "Postgres is not running"
+        return None
+
     def stop(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
         if self.postgrest is not None:
             self.postgrest.stop()
         cleanup = getattr(self._pgserver, "cleanup", None)

@@ -40,3 +40,8 @@ class AppendedMessage(TypedDict):
     message: Message
     replayed: bool
     reply: Message | None
+
+
+class StartedConversation(TypedDict):
+    conversation: Conversation
+    opening: Message | None

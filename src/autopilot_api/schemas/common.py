@@ -1,7 +1,9 @@
-"""Shared wire shapes: the error envelope (documented on every route) and base models."""
+"""Shared wire shapes: the error envelope (documented on every error status), the response
+headers the API sends, and base models."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -38,25 +40,94 @@ class ErrorBody(BaseModel):
     details: Any = None
 
 
-class ErrorEnvelope(BaseModel):
+class ErrorResponse(BaseModel):
+    """Every error, validation included: `{"error": {code, message, category, details}}`."""
+
     error: ErrorBody
+
+
+# The name routes used before the document called it ErrorResponse.
+ErrorEnvelope = ErrorResponse
+
+# Response headers, by name, as OpenAPI header objects (`required` is set per response).
+RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
+    "ETag": {
+        "description": 'The representation\'s version ("v<version>"): send it back as '
+        "If-Match to update only what you read (412 precondition_failed if it changed).",
+        "schema": {"type": "string", "pattern": '^"v[0-9]+"$'},
+    },
+    "Set-Cookie": {
+        "description": "The anonymous session cookie (HttpOnly, Path=/): set when a session is "
+        "created, re-issued when its expiry slides, cleared (Max-Age=0) when it is dead, "
+        "deleted or claimed.",
+        "schema": {"type": "string"},
+    },
+    "Location": {
+        "description": "The created resource.",
+        "schema": {"type": "string", "format": "uri-reference"},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    "WWW-Authenticate": {
+        "description": "`Bearer` when a bearer token is missing or malformed.",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {
+        "description": "How long the response may be cached.",
+        "schema": {"type": "string"},
+    },
+    "X-Request-ID": {
+        "description": "The request's id (yours if you sent a sane X-Request-ID): name it "
+        "when reporting a problem; the logs carry it.",
+        "schema": {"type": "string"},
+    },
+}
+
+
+def header_docs(*names: str, optional: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """`headers` of an OpenAPI response: the named ones, required unless listed optional."""
+    optional = set(optional)
+    unknown = (set(names) | optional) - RESPONSE_HEADERS.keys()
+    if unknown:
+        raise KeyError(f"undocumented response headers: {sorted(unknown)}")
+    return {
+        name: {**RESPONSE_HEADERS[name], "required": name not in optional}
+        for name in (*names, *sorted(optional - set(names)))
+    }
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "Missing or invalid credentials",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Conflict with the current state",
+    412: "The resource changed (stale If-Match)",
+    413: "Body too large",
+    422: "Validation error",
+    429: "Too many requests (see Retry-After)",
+    503: "A dependency is temporarily unavailable (see Retry-After)",
+}
+_ERROR_HEADERS = {
+    401: header_docs(optional=["WWW-Authenticate"]),
+    429: header_docs("Retry-After"),
+    503: header_docs("Retry-After"),
+}
+
+
+def error_response(status: int, description: str | None = None) -> dict[str, Any]:
+    """One error status as an additional response: the envelope, and its headers."""
+    response: dict[str, Any] = {
+        "model": ErrorResponse,
+        "description": description or _ERROR_DESCRIPTIONS.get(status, "Error"),
+    }
+    if status in _ERROR_HEADERS:
+        response["headers"] = _ERROR_HEADERS[status]
+    return response
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """`responses=` for a route: each status it can return, with the envelope schema."""
-    descriptions = {
-        400: "Malformed request",
-        401: "Missing or invalid credentials",
-        403: "Not allowed",
-        404: "Not found",
-        409: "Conflict with the current state",
-        412: "The resource changed (stale If-Match)",
-        413: "Body too large",
-        422: "Validation error",
-        429: "Too many requests (see Retry-After)",
-        503: "A dependency is temporarily unavailable (see Retry-After)",
-    }
-    return {
-        status: {"model": ErrorEnvelope, "description": descriptions.get(status, "Error")}
-        for status in statuses
-    }
+    return {status: error_response(status) for status in statuses}

@@ -91,3 +91,25 @@ class ChatTurnPublic(CamelModel):
     replayed: bool = Field(
         description="True when an Idempotency-Key retry returned the first reply."
     )
+
+
+# --- the SSE reply stream of POST /conversations/{id}/messages ---------------------------
+class StreamStart(CamelModel):
+    """`event: start`: the visitor's message is stored."""
+
+    user_message_id: UUID
+
+
+class StreamDelta(CamelModel):
+    """`event: delta`: the next piece of the reply's text."""
+
+    text: str
+
+
+class StreamDone(CamelModel):
+    """`event: done`: the stored reply (the stream ends)."""
+
+    message: MessagePublic
+    replayed: bool = Field(
+        description="True when an Idempotency-Key retry returned the first reply."
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import Field, StrictFloat, StrictInt, field_validator
@@ -14,6 +14,7 @@ from pydantic.json_schema import SkipJsonSchema
 from autopilot_api.models.session import SessionPhase
 from autopilot_api.schemas.common import CamelInput, CamelModel
 from autopilot_api.services.extraction_constants import (
+    DISCOVERY_QUESTIONS,
     PHASE_DISPLAY_NAMES,
     ROI_INPUTS,
     QuestionGroup,
@@ -23,6 +24,9 @@ from autopilot_api.services.extraction_constants import (
 AnswerValue = str | int | float | bool
 MAX_TEXT_ANSWER_CHARS = 2000
 MAX_METADATA_BYTES = 8192
+MAX_QUESTION_INDEX = 1000
+MAX_SELECTED_PRODUCTS = 100
+QUESTION_KEYS = tuple(question.key for question in DISCOVERY_QUESTIONS)
 
 
 class DiscoveryAnswerSchema(CamelModel):
@@ -87,16 +91,30 @@ def _refuse_null(value: Any) -> Any:
 class ProgressUpdate(CamelInput):
     """A partial update: only the fields given change; answers merge per key."""
 
-    answers: dict[str, AnswerInput | None] | SkipJsonSchema[None] = Field(
+    # The constraints sit inside the Annotated member: on the outer union Pydantic would
+    # write them out as maxLength/ge/le, which JSON Schema does not apply to these types.
+    answers: (
+        Annotated[
+            dict[str, AnswerInput | None],
+            Field(
+                max_length=len(DISCOVERY_QUESTIONS),
+                json_schema_extra={"propertyNames": {"enum": list(QUESTION_KEYS)}},
+            ),
+        ]
+        | SkipJsonSchema[None]
+    ) = Field(
         default=None,
         description="Per question key: {value} sets the answer, null removes it; "
         "keys not given are kept.",
-        max_length=25,
     )
     roi_inputs: ROIInputsUpdate | SkipJsonSchema[None] = None
     phase: SessionPhase | SkipJsonSchema[None] = None
-    current_question_index: StrictInt | SkipJsonSchema[None] = Field(default=None, ge=0, le=1000)
-    selected_product_ids: list[UUID] | SkipJsonSchema[None] = Field(default=None, max_length=100)
+    current_question_index: (
+        Annotated[StrictInt, Field(ge=0, le=MAX_QUESTION_INDEX)] | SkipJsonSchema[None]
+    ) = None
+    selected_product_ids: (
+        Annotated[list[UUID], Field(max_length=MAX_SELECTED_PRODUCTS)] | SkipJsonSchema[None]
+    ) = None
     timeframe: str | None = Field(default=None, max_length=200)
 
     @field_validator(
@@ -116,8 +134,9 @@ class SessionUpdate(ProgressUpdate):
     metadata: dict[str, Any] | SkipJsonSchema[None] = Field(
         default=None,
         description="Merged key by key into the session's metadata; a key set to null is "
-        "removed. The merged whole is capped (SESSION_METADATA_MAX_BYTES): past it the PUT "
-        "is refused with 422 metadata_too_large and nothing is stored.",
+        f"removed. At most {MAX_METADATA_BYTES} bytes as JSON per update; the merged whole "
+        "is capped too (SESSION_METADATA_MAX_BYTES): past it the PUT is refused with 422 "
+        "metadata_too_large and nothing is stored.",
     )
 
     @field_validator("metadata", mode="before")

@@ -37,6 +37,7 @@ from autopilot_api.services.answer_validation import (
 from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
 from autopilot_api.services.extraction_constants import (
     QUESTION_BY_KEY,
+    ROI_INPUTS,
     next_missing_roi_input,
     next_unanswered_question,
 )
@@ -116,6 +117,22 @@ def _retry_note(key: str) -> str:
     return f"I could not use that: I need {expected_form(key)}. "
 
 
+def _roi_context(roi_inputs: Mapping[str, Any]) -> str:
+    """The ROI inputs so far and the next missing one, as the catalogue will ask them."""
+    values = {
+        key: entry.get("value") if isinstance(entry, Mapping) else entry
+        for key, entry in roi_inputs.items()
+    }
+    given = "\n".join(
+        f"- {spec.label} {values[spec.key]}" for spec in ROI_INPUTS if spec.key in values
+    )
+    context = f"\nROI inputs so far:\n{given or '- none yet'}"
+    missing = next_missing_roi_input(roi_inputs.keys())
+    if missing is not None:
+        context += f"\nNext missing ROI input: {missing.label}"
+    return context
+
+
 class AgentService:
     def __init__(
         self,
@@ -171,6 +188,8 @@ class AgentService:
         context = f"\n\nWhat the visitor told us so far:\n{known or '- nothing yet'}"
         if owner.phase == "discovery" and next_question is not None:
             context += f"\nNext unanswered question: {next_question.label}"
+        elif owner.phase == "roi":
+            context += _roi_context(owner.progress.get("roi_inputs") or {})
         messages: list[Any] = [{"role": "system", "content": SYSTEM_PROMPTS[owner.phase] + context}]
         for message in history[-self._settings.agent_history_messages :]:
             if message["role"] == "user" or message["status"] == "complete":

@@ -159,26 +159,29 @@ class ChatService:
             yield StreamEvent("done", {"message": turn.replay, "replayed": True})
             return
         reply = AgentReply()
-        stored: Message | None = None
         status: MessageStatus = "aborted"
+        failure: AppError | None = None
+        stored: Message | None = None
         try:
             async for piece in self._agent.stream_response(
                 conversation=conversation, owner=turn.owner, history=turn.history, reply=reply
             ):
                 yield StreamEvent("delta", {"text": piece})
             status = "complete"
-            stored = await self._store_reply(conversation, turn, reply, status)
-            yield StreamEvent("done", {"message": stored, "replayed": False})
         except AppError as exc:
-            status = "error"
-            yield StreamEvent("error", exc.envelope())
+            status, failure = "error", exc
         finally:
-            if stored is None:
-                # Shielded: on a disconnect this runs inside a cancelled scope.
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self._store_reply(conversation, turn, reply, status)
-                    except Exception as exc:
-                        logger.warning(
-                            "could not store the %s reply: %s", status, type(exc).__name__
-                        )
+            # One write, whatever ended the stream. Shielded: a disconnect cancels this
+            # generator, and a write cut short may commit all the same while a second one
+            # follows (the SQL keeps one reply per message either way).
+            with anyio.CancelScope(shield=True):
+                try:
+                    stored = await self._store_reply(conversation, turn, reply, status)
+                except AppError as exc:
+                    logger.warning("could not store the %s reply: %s", status, exc.code)
+                    failure = failure or exc
+        if failure is not None:
+            yield StreamEvent("error", failure.envelope())
+        else:
+            assert stored is not None
+            yield StreamEvent("done", {"message": stored, "replayed": False})

@@ -10,7 +10,14 @@ from supabase import AsyncClient
 from autopilot_api.core.errors import ConversationNotFoundError
 from autopilot_api.core.supabase import call_rpc, translate_data_plane_error
 from autopilot_api.models.auth import AuthContext
-from autopilot_api.models.conversation import AppendedMessage, Conversation, Message, MessageStatus
+from autopilot_api.models.conversation import (
+    AppendedMessage,
+    Conversation,
+    Message,
+    MessageStatus,
+    StartedConversation,
+)
+from autopilot_api.services.opening import OPENING_STEPS
 
 
 class ConversationService:
@@ -30,22 +37,25 @@ class ConversationService:
         user_id: UUID | None = None,
         session_id: UUID | None = None,
         title: str | None = None,
-    ) -> Conversation:
-        row = await call_rpc(
+    ) -> StartedConversation:
+        """The conversation and the agent's opening message, stored in one transaction."""
+        started = await call_rpc(
             self._supabase,
             "create_conversation",
             {
                 "p_user_id": str(user_id) if user_id else None,
                 "p_session_id": str(session_id) if session_id else None,
                 "p_title": title,
+                "p_opening": OPENING_STEPS,
             },
         )
-        return cast(Conversation, row)
+        return cast(StartedConversation, started)
 
     async def create_conversation_for_session(
         self, *, session_id: UUID, title: str | None = None
     ) -> Conversation:
-        return await self.create_conversation(session_id=session_id, title=title)
+        started = await self.create_conversation(session_id=session_id, title=title)
+        return started["conversation"]
 
     async def get_owned(self, *, conversation_id: UUID, auth: AuthContext) -> Conversation:
         """The conversation if the caller owns it; anyone else gets 404 (no existence leak)."""

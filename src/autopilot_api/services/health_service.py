@@ -1,16 +1,36 @@
-"""Readiness: one real round trip through PostgREST to Postgres."""
+"""Liveness (is a local data plane down for good?) and readiness (one real round trip
+through PostgREST to Postgres)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from supabase import AsyncClient
 
-from autopilot_api.core.errors import DataPlaneUnavailableError
+from autopilot_api.core.errors import DataPlaneDownError, DataPlaneUnavailableError
 from autopilot_api.core.supabase import data_plane_error, is_transient
 
 
+def _no_problem() -> str | None:
+    return None
+
+
 class HealthService:
-    def __init__(self, supabase: AsyncClient) -> None:
+    def __init__(
+        self,
+        supabase: AsyncClient,
+        *,
+        data_plane_problem: Callable[[], str | None] = _no_problem,
+    ) -> None:
         self._supabase = supabase
+        self._data_plane_problem = data_plane_problem
+
+    def check_process(self) -> None:
+        """Raises DataPlaneDownError when a data plane this process started is down for
+        good (local mode: PostgREST could not be restarted, Postgres is gone)."""
+        problem = self._data_plane_problem()
+        if problem is not None:
+            raise DataPlaneDownError(f"The local data plane is down: {problem}.")
 
     async def check_data_plane(self) -> None:
         """Raises DataPlaneUnavailableError unless PostgREST answers from the database."""

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from autopilot_api.api.deps import AdminServiceDep, CurrentAdmin, SessionServiceDep, SettingsDep
+from autopilot_api.api.openapi import SIGNED_IN
 from autopilot_api.schemas.admin import (
     AdminSessionRow,
     AdminSessionsPublic,
@@ -23,6 +24,7 @@ router = APIRouter(tags=["admin"])
     summary="Session totals and a page of sessions (no tokens, no answers)",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 403, 422, 503),
+    openapi_extra=SIGNED_IN,
 )
 async def list_sessions(
     _: CurrentAdmin,
@@ -45,6 +47,7 @@ async def list_sessions(
     summary="Delete expired, unclaimed sessions now",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 403, 503),
+    openapi_extra=SIGNED_IN,
 )
 async def cleanup_sessions(
     _: CurrentAdmin, sessions: SessionServiceDep, settings: SettingsDep

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, status
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
 
 from autopilot_api.api.deps import (
     ChatServiceDep,
@@ -15,11 +15,19 @@ from autopilot_api.api.deps import (
     OwnedConversation,
     ProfileExtractionServiceDep,
     WriteOwnerDep,
+    set_location,
 )
+from autopilot_api.api.openapi import ANY_CALLER, SseEvent, sse_response
 from autopilot_api.api.sse import DisconnectAwareEventSourceResponse, sse_event
 from autopilot_api.models.auth import AuthContext
 from autopilot_api.models.conversation import Conversation
-from autopilot_api.schemas.common import TIMESTAMP_PATTERN, error_responses
+from autopilot_api.schemas.common import (
+    TIMESTAMP_PATTERN,
+    CamelModel,
+    ErrorResponse,
+    error_responses,
+    header_docs,
+)
 from autopilot_api.schemas.conversation import (
     ChatTurnPublic,
     ConversationCreate,
@@ -27,42 +35,69 @@ from autopilot_api.schemas.conversation import (
     ConversationWithMessages,
     MessageCreate,
     MessagePublic,
+    StreamDelta,
+    StreamDone,
+    StreamStart,
 )
 from autopilot_api.services.chat_service import StreamEvent
 from autopilot_api.services.profile_extraction_service import ProfileExtractionService
 
 router = APIRouter(tags=["conversations"])
 
-_SSE_DOC = {
-    "description": "With `Accept: text/event-stream`: `start`, `delta` ({text}) events, "
-    "then `done` ({message}) or `error` (the error envelope).",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+_STREAM_PAYLOADS: dict[str, type[CamelModel]] = {
+    "start": StreamStart,
+    "delta": StreamDelta,
+    "done": StreamDone,
 }
+_SSE_DOC = sse_response(
+    "With `Accept: text/event-stream`: the reply streamed as server-sent events: `start`, "
+    "`delta` events, then `done` or `error`; the reply is stored either way.",
+    [
+        SseEvent(["start"], StreamStart, "The visitor's message is stored."),
+        SseEvent(["delta"], StreamDelta, "The next piece of the reply's text."),
+        SseEvent(["done"], StreamDone, "The stored reply; the stream ends."),
+        SseEvent(["error"], ErrorResponse, "The reply failed (the envelope); the stream ends."),
+    ],
+)
 
 
 @router.post(
     "",
     summary="Start a conversation",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(401, 403, 413, 422, 429, 503),
+    responses={
+        201: {"headers": header_docs("Location")},
+        **error_responses(401, 403, 413, 422, 429, 503),
+    },
+    openapi_extra=ANY_CALLER,
 )
 async def create_conversation(
+    request: Request,
+    response: Response,
     owner: WriteOwnerDep,
     conversations: ConversationServiceDep,
     body: ConversationCreate | None = None,
-) -> ConversationPublic:
-    """Owned by the signed-in user, else by the session (created, with its cookie, if needed)."""
-    row = await conversations.create_conversation(
+) -> ConversationWithMessages:
+    """Owned by the user, else the session (created if needed); opens with the agent's question."""
+    started = await conversations.create_conversation(
         user_id=owner.user_id, session_id=owner.session_id, title=body.title if body else None
     )
-    return ConversationPublic.from_row(row)
+    conversation = started["conversation"]
+    set_location(response, request, "get_conversation", conversation_id=str(conversation["id"]))
+    opening = started["opening"]
+    return ConversationWithMessages(
+        **ConversationPublic.from_row(conversation).model_dump(),
+        messages=[MessagePublic.from_row(opening)] if opening else [],
+        next_before=None,
+    )
 
 
 @router.get(
     "",
     summary="The caller's conversations",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 503),
+    responses=error_responses(401, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def list_conversations(
     auth: CurrentAuth,
@@ -79,6 +114,7 @@ async def list_conversations(
     summary="A conversation with a page of its messages",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 404, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def get_conversation(
     conversation: OwnedConversation,
@@ -124,11 +160,18 @@ def _schedule_extraction(
 
 
 def _wire(event: StreamEvent) -> bytes:
-    data: dict[str, Any] = event.data
-    if "message" in data:
-        message = MessagePublic.from_row(data["message"]).model_dump(mode="json", by_alias=True)
-        data = {**data, "message": message}
-    return sse_event(event.kind, data)
+    """The event's data through the model the document names for it."""
+    payload: CamelModel | ErrorResponse
+    if event.kind == "error":
+        payload = ErrorResponse.model_validate(event.data)
+    elif event.kind == "done":
+        payload = StreamDone(
+            message=MessagePublic.from_row(event.data["message"]),
+            replayed=event.data["replayed"],
+        )
+    else:
+        payload = _STREAM_PAYLOADS[event.kind].model_validate(event.data)
+    return sse_event(event.kind, payload.model_dump(mode="json", by_alias=True))
 
 
 @router.post(
@@ -140,6 +183,7 @@ def _wire(event: StreamEvent) -> bytes:
         200: _SSE_DOC,
         **error_responses(401, 403, 404, 409, 413, 422, 429, 503),
     },
+    openapi_extra=ANY_CALLER,
 )
 async def post_message(
     body: MessageCreate,

@@ -12,7 +12,8 @@ from autopilot_api.api.deps import (
     expected_version,
     set_etag,
 )
-from autopilot_api.schemas.common import error_responses
+from autopilot_api.api.openapi import PUBLIC, SIGNED_IN
+from autopilot_api.schemas.common import error_responses, header_docs
 from autopilot_api.schemas.discovery import (
     MAX_TEXT_ANSWER_CHARS,
     DiscoveryProfileResponse,
@@ -41,7 +42,13 @@ _QUESTIONS = [
 ]
 
 
-@router.get("/questions", summary="The discovery question catalogue", status_code=200)
+@router.get(
+    "/questions",
+    summary="The discovery question catalogue",
+    status_code=200,
+    responses={200: {"headers": header_docs("Cache-Control")}},
+    openapi_extra=PUBLIC,
+)
 async def list_questions(response: Response) -> list[QuestionPublic]:
     """Public and cacheable: the SPA and the server share this one list."""
     response.headers["Cache-Control"] = "public, max-age=3600"
@@ -52,7 +59,8 @@ async def list_questions(response: Response) -> list[QuestionPublic]:
     "",
     summary="The signed-in user's discovery profile",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 503),
+    responses={200: {"headers": header_docs("ETag")}, **error_responses(401, 503)},
+    openapi_extra=SIGNED_IN,
 )
 async def get_discovery_profile(
     user: CurrentUser,
@@ -70,7 +78,11 @@ async def get_discovery_profile(
     "",
     summary="Update the signed-in user's discovery profile (answers merge per key)",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 409, 412, 413, 422, 503),
+    responses={
+        200: {"headers": header_docs("ETag")},
+        **error_responses(401, 409, 412, 413, 422, 503),
+    },
+    openapi_extra=SIGNED_IN,
 )
 async def update_discovery_profile(
     update: DiscoveryProfileUpdate,
@@ -92,7 +104,8 @@ async def update_discovery_profile(
     "/complete",
     summary="Complete the signed-in user's discovery profile (from the greenlight phase)",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 409, 503),
+    responses={200: {"headers": header_docs("ETag")}, **error_responses(401, 409, 503)},
+    openapi_extra=SIGNED_IN,
 )
 async def complete_discovery_profile(
     user: CurrentUser,

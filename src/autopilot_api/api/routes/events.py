@@ -5,14 +5,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, status
+from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.sse import format_sse_event
 
 from autopilot_api.api.deps import CurrentAuth, CurrentUser, EventServiceDep, SettingsDep
+from autopilot_api.api.openapi import (
+    BEARER,
+    EVENT_TICKET,
+    SESSION_COOKIE,
+    SIGNED_IN,
+    SseEvent,
+    security,
+    sse_response,
+)
 from autopilot_api.api.sse import DisconnectAwareEventSourceResponse, sse_comment, sse_event
 from autopilot_api.core.errors import AppError, UnauthorizedError
 from autopilot_api.schemas.admin import EventTicketPublic
-from autopilot_api.schemas.common import error_responses
+from autopilot_api.schemas.common import ErrorResponse, error_responses
+from autopilot_api.schemas.events import EVENT_TYPES, SessionEventPublic
 from autopilot_api.services.event_service import EventSubject
 
 router = APIRouter(tags=["events"])
@@ -23,6 +33,7 @@ router = APIRouter(tags=["events"])
     summary="A short-lived, single-use ticket for EventSource clients",
     status_code=status.HTTP_201_CREATED,
     responses=error_responses(401, 503),
+    openapi_extra=SIGNED_IN,
 )
 async def issue_ticket(user: CurrentUser, events: EventServiceDep) -> EventTicketPublic:
     """EventSource cannot send Authorization: trade the bearer token for a URL ticket."""
@@ -34,15 +45,30 @@ async def issue_ticket(user: CurrentUser, events: EventServiceDep) -> EventTicke
     "",
     summary="Live events of the caller's session or profile (SSE)",
     status_code=status.HTTP_200_OK,
-    response_model=None,
+    # The route returns its own streaming response: no JSON body to document.
+    response_class=Response,
     responses={
-        200: {
-            "description": "text/event-stream: audit events (id = event id) and "
-            "extraction.completed; heartbeat comments; a retry hint.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
-        },
+        200: sse_response(
+            "The caller's audit events as server-sent events (`id:` = the event id, "
+            "`event:` = its type), replayed after Last-Event-ID and then live; heartbeat "
+            "comments between them, and a `retry:` hint first.",
+            [
+                SseEvent(
+                    EVENT_TYPES,
+                    SessionEventPublic,
+                    "An entry of the audit trail.",
+                    has_id=True,
+                ),
+                SseEvent(
+                    ["error"],
+                    ErrorResponse,
+                    "The stream failed (the envelope); reconnect with Last-Event-ID.",
+                ),
+            ],
+        ),
         **error_responses(401, 422, 503),
     },
+    openapi_extra=security(BEARER, SESSION_COOKIE, EVENT_TICKET),
 )
 async def stream_events(
     auth: CurrentAuth,

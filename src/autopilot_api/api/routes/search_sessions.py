@@ -13,6 +13,7 @@ from autopilot_api.api.deps import (
     WriteOwnerDep,
     mark_replayed,
 )
+from autopilot_api.api.openapi import ANY_CALLER
 from autopilot_api.schemas.common import error_responses
 from autopilot_api.schemas.search_session import (
     ClearedCount,
@@ -38,6 +39,7 @@ SearchSessionId = Annotated[str, Path(max_length=64, description="search_<unix s
     summary="Start a search session",
     status_code=status.HTTP_201_CREATED,
     responses=error_responses(401, 403, 413, 422, 429, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def create_search_session(
     body: SearchSessionCreate, owner: WriteOwnerDep, searches: SearchSessionServiceDep
@@ -57,6 +59,7 @@ async def create_search_session(
     summary="The caller's active search sessions",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def list_search_sessions(
     owner: ReadOwnerDep,
@@ -73,6 +76,7 @@ async def list_search_sessions(
     summary="Clear all of the caller's search sessions",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 403, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def clear_all_search_sessions(
     owner: ReadOwnerDep, searches: SearchSessionServiceDep
@@ -86,6 +90,7 @@ async def clear_all_search_sessions(
     summary="Hand out the next batch",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 403, 404, 409, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def next_batch(
     session_id: SearchSessionId,
@@ -107,6 +112,7 @@ async def next_batch(
     summary="Record discovered ids (deduplicated, order of first discovery)",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def add_discovered(
     session_id: SearchSessionId,
@@ -126,6 +132,7 @@ async def add_discovered(
     summary="Mark ids as fetched in full",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def mark_fetched(
     session_id: SearchSessionId,
@@ -152,6 +159,7 @@ async def mark_fetched(
     summary="Discovered ids not yet fetched",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 404, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def unfetched(
     session_id: SearchSessionId,
@@ -169,6 +177,7 @@ async def unfetched(
     summary="Totals, batch progress, fetched count and cache hit rate",
     status_code=status.HTTP_200_OK,
     responses=error_responses(401, 404, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def stats(
     session_id: SearchSessionId, owner: ReadOwnerDep, searches: SearchSessionServiceDep
@@ -183,7 +192,8 @@ async def stats(
     "/{session_id}",
     summary="Clear a search session",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(401, 403, 404, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
+    openapi_extra=ANY_CALLER,
 )
 async def clear_search_session(
     session_id: SearchSessionId, owner: ReadOwnerDep, searches: SearchSessionServiceDep

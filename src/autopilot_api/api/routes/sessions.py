@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from autopilot_api.api.deps import (
     ClientIpDep,
@@ -23,11 +23,13 @@ from autopilot_api.api.deps import (
     clear_session_cookie,
     expected_version,
     set_etag,
+    set_location,
     set_session_cookie,
 )
+from autopilot_api.api.openapi import BEARER_AND_COOKIE, NO_CREDENTIAL, SESSION_COOKIE, security
 from autopilot_api.core.errors import SessionNotFoundError, SignedInNoAnonymousSessionError
 from autopilot_api.core.request_context import clear_cookie_var
-from autopilot_api.schemas.common import ErrorEnvelope, error_responses
+from autopilot_api.schemas.common import error_response, error_responses, header_docs
 from autopilot_api.schemas.session import SessionClaimResponse, SessionResponse, SessionUpdate
 
 router = APIRouter(tags=["sessions"])
@@ -43,15 +45,22 @@ _SIGNED_IN = (
     summary="Start (or resume) an anonymous session",
     status_code=status.HTTP_201_CREATED,
     responses={
+        201: {
+            "description": "Created; the cookie is set",
+            "headers": header_docs("ETag", "Set-Cookie", "Location"),
+        },
         200: {
             "model": SessionResponse,
             "description": "A valid cookie was sent (with or without a bearer): same session",
+            "headers": header_docs("ETag"),
         },
         **error_responses(401, 403, 429, 503),
-        409: {"model": ErrorEnvelope, "description": _SIGNED_IN},
+        409: error_response(409, _SIGNED_IN),
     },
+    openapi_extra=security(NO_CREDENTIAL, SESSION_COOKIE),
 )
 async def create_session(
+    request: Request,
     response: Response,
     auth: SessionCaller,
     sessions: SessionServiceDep,
@@ -71,6 +80,7 @@ async def create_session(
     set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
     clear_cookie_var.set(False)
     set_etag(response, created)
+    set_location(response, request, "get_my_session")
     return SessionResponse.from_row(created, recovery_window_days=settings.recovery_window_days)
 
 
@@ -78,7 +88,8 @@ async def create_session(
     "/me",
     summary="The caller's session",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 404, 503),
+    responses={200: {"headers": header_docs("ETag")}, **error_responses(401, 404, 503)},
+    openapi_extra=security(SESSION_COOKIE, NO_CREDENTIAL),
 )
 async def get_my_session(
     auth: SessionCaller, response: Response, settings: SettingsDep
@@ -97,19 +108,20 @@ async def get_my_session(
     summary="Update the caller's session (answers merge per key)",
     status_code=status.HTTP_200_OK,
     responses={
+        200: {"headers": header_docs("ETag")},
         201: {
             "model": SessionResponse,
             "description": "No session yet and no bearer: created with the update",
+            "headers": header_docs("ETag", "Set-Cookie", "Location"),
         },
         **error_responses(401, 403, 404, 412, 413, 422, 429, 503),
-        409: {
-            "model": ErrorEnvelope,
-            "description": f"invalid_phase_transition, or {_SIGNED_IN}",
-        },
+        409: error_response(409, f"invalid_phase_transition, or {_SIGNED_IN}"),
     },
+    openapi_extra=security(SESSION_COOKIE, NO_CREDENTIAL),
 )
 async def update_my_session(
     update: SessionUpdate,
+    request: Request,
     response: Response,
     caller: SessionCookieForWrite,
     sessions: SessionServiceDep,
@@ -135,6 +147,7 @@ async def update_my_session(
         set_session_cookie(
             response, settings, token=written.new_token, expires_at=row["expires_at"]
         )
+        set_location(response, request, "get_my_session")
     elif row["expiry_extended"] and cookie is not None:
         set_session_cookie(response, settings, token=cookie, expires_at=row["expires_at"])
     set_etag(response, row)
@@ -145,7 +158,8 @@ async def update_my_session(
     "/me/complete",
     summary="Complete the caller's session (from the greenlight phase)",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 403, 404, 409, 503),
+    responses={200: {"headers": header_docs("ETag")}, **error_responses(401, 403, 404, 409, 503)},
+    openapi_extra=security(SESSION_COOKIE, NO_CREDENTIAL),
 )
 async def complete_my_session(
     auth: SessionCaller, response: Response, sessions: SessionServiceDep, settings: SettingsDep
@@ -162,7 +176,14 @@ async def complete_my_session(
     "/me",
     summary="Delete the caller's session and its data",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(401, 403, 404, 503),
+    responses={
+        204: {
+            "description": "Deleted; the cookie is cleared",
+            "headers": header_docs("Set-Cookie"),
+        },
+        **error_responses(401, 403, 404, 503),
+    },
+    openapi_extra=security(SESSION_COOKIE, NO_CREDENTIAL),
 )
 async def delete_my_session(
     auth: SessionCaller, response: Response, sessions: SessionServiceDep, settings: SettingsDep
@@ -178,7 +199,8 @@ async def delete_my_session(
     "/claim",
     summary="Claim the anonymous session into the signed-in user's discovery profile",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 403, 404, 409, 503),
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+    openapi_extra=security(BEARER_AND_COOKIE),
 )
 async def claim_session(
     response: Response,
