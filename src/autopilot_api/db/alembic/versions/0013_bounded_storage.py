@@ -9,7 +9,7 @@ from autopilot_api.db.migrations import apply_migration
 
 revision = "0013"
 # Other branches of work number their revisions in between; the lead re-chains this on merge.
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
