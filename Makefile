@@ -45,6 +45,7 @@ bench: $(UV)
 ## The long reliability runs: schemathesis with 200 examples per operation.
 check-reliability: install
 	FUZZ_EXAMPLES=200 FUZZ_SEED= $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
+	$(PY) -m bench.storage_bounds
 
 lint: install
 	$(VENV)/bin/ruff check $(SOURCES)

@@ -542,7 +542,9 @@ ReadOwnerDep = Annotated[Owner, Depends(get_read_owner)]
 
 async def get_search_session_service(state: AppStateDep) -> SearchSessionService:
     return SearchSessionService(
-        state.supabase, idempotency_ttl_seconds=state.settings.idempotency_key_ttl_seconds
+        state.supabase,
+        idempotency_ttl_seconds=state.settings.idempotency_key_ttl_seconds,
+        max_ids=state.settings.search_session_max_ids,
     )
 
 

@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     postgrest_max_restarts: int = Field(default=5, ge=0, le=100)
     data_plane_timeout_seconds: float = Field(default=10.0, gt=0)
     idempotency_key_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    search_session_max_ids: int = Field(default=100_000, ge=1, le=1_000_000)
 
     # --- model ------------------------------------------------------------------------
     openai_api_key: str | None = None
@@ -81,6 +82,7 @@ class Settings(BaseSettings):
     events_heartbeat_seconds: float = Field(default=15.0, gt=0)
     events_retry_ms: int = Field(default=3000, ge=0)
     event_ticket_ttl_seconds: int = Field(default=30, ge=5, le=600)
+    audit_event_retention_days: int = Field(default=90, ge=1, le=3650)
     admin_active_minutes: int = Field(default=15, ge=1)
 
     # --- scaling out ------------------------------------------------------------------
@@ -107,6 +109,8 @@ class Settings(BaseSettings):
     session_create_limit_per_hour: int = Field(default=30, ge=1)
     session_cleanup_interval_seconds: int = Field(default=3600, ge=0)
     session_cleanup_batch_size: int = Field(default=500, ge=1, le=10_000)
+    session_metadata_max_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    session_write_limit_per_minute: int = Field(default=120, ge=1)
     trusted_proxy_ips: CommaList = Field(default_factory=list)
 
     @field_validator("cors_origins", "trusted_proxy_ips", "supabase_jwt_secrets", mode="before")

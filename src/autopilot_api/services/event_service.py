@@ -71,6 +71,24 @@ def public_event(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def reset_event(subject: EventSubject, *, resume_from: int, last_event_id: int) -> dict[str, Any]:
+    """Told instead of a silent gap: what the client asked to resume after was pruned."""
+    return {
+        "id": resume_from,
+        "type": "reset",
+        "sessionId": str(subject.id) if subject.kind == "session" else None,
+        "profileId": str(subject.id) if subject.kind == "profile" else None,
+        "actor": {"type": "system", "id": "retention"},
+        "payload": {
+            "reason": "history_pruned",
+            "lastEventId": last_event_id,
+            "message": "Events after this Last-Event-ID are past their retention and were "
+            "deleted: reload the state, then follow this stream.",
+        },
+        "createdAt": datetime.now(UTC).isoformat(),
+    }
+
+
 class EventService:
     def __init__(self, supabase: AsyncClient, settings: Settings, *, bus: EventBus) -> None:
         self._supabase = supabase
@@ -130,6 +148,10 @@ class EventService:
         rows = cast(list[dict[str, Any]], response.data)
         return int(rows[0]["id"]) if rows else 0
 
+    async def history_floor(self) -> int:
+        """Events with an id at or below this may have been deleted by retention."""
+        return int(await call_rpc(self._supabase, "event_history_floor", {}) or 0)
+
     async def frames(
         self, *, subject: EventSubject, last_event_id: int | None
     ) -> AsyncIterator[StreamFrame]:
@@ -141,11 +163,23 @@ class EventService:
         heartbeat = self._settings.events_heartbeat_seconds
         sent: dict[int, float] = {}
         async with self._bus.subscribe(subject.key) as woken:
+            reset = None
+            if last_event_id is not None:
+                floor = await self.history_floor()
+                if last_event_id < floor:
+                    # Start from now, as a fresh stream does, and say why.
+                    resume_from = max(await self.latest_event_id(subject), floor)
+                    reset = reset_event(
+                        subject, resume_from=resume_from, last_event_id=last_event_id
+                    )
+                    last_event_id = resume_from
             cursor = (
                 last_event_id if last_event_id is not None else await self.latest_event_id(subject)
             )
             sent_floor = cursor
             yield StreamFrame("ready")
+            if reset is not None:
+                yield StreamFrame("event", reset)
             while True:
                 for row in await self._fetch(subject, cursor):
                     event_id = int(row["id"])
