@@ -1,13 +1,13 @@
-"""supabase/migrations/20261122000700_bounded_storage.sql
+"""supabase/migrations/20261122000500_bounded_storage.sql
 
-Revision ID: 0013
+Revision ID: 0011
 """
 
 from alembic import op
 
 from autopilot_api.db.migrations import apply_migration
 
-revision = "0013"
+revision = "0011"
 # Other branches of work number their revisions in between; the lead re-chains this on merge.
 down_revision = "0010"
 branch_labels = None
@@ -15,7 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    apply_migration(op.get_bind(), "20261122000700_bounded_storage.sql")
+    apply_migration(op.get_bind(), "20261122000500_bounded_storage.sql")
 
 
 def downgrade() -> None:
