@@ -8,7 +8,6 @@ from alembic import op
 from autopilot_api.db.migrations import apply_migration
 
 revision = "0011"
-# Other branches of work number their revisions in between; the lead re-chains this on merge.
 down_revision = "0010"
 branch_labels = None
 depends_on = None
