@@ -45,6 +45,7 @@ bench: $(UV)
 ## The long reliability runs: schemathesis with 200 examples per operation.
 check-reliability: install
 	FUZZ_EXAMPLES=200 FUZZ_SEED= $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
+	SERVER_LIMITS_HEAVY=1 $(PY) -m pytest -q -s tests/integration/test_server_limits_heavy.py
 
 lint: install
 	$(VENV)/bin/ruff check $(SOURCES)
