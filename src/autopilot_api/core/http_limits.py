@@ -44,10 +44,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger("uvicorn.error")
 
 RETRY_AFTER_SECONDS = 1
-# A refused connection is kept until the client's request arrives (closing with it unread would
-# reset the connection and lose the 503), at most this long...
-REFUSAL_LINGER_SECONDS = 1.0
-# ...and for at most this many connections at a time; beyond, it is closed at once.
+# After a refusal the connection is half-closed and what the client still sends is read and
+# dropped, until it closes or for at most this long: closing with unread data would reset the
+# connection, and the client would lose the answer...
+REFUSAL_LINGER_SECONDS = 2.0
+# ...for at most this many connections at a time; beyond, they are closed at once.
 MAX_LINGERING_REFUSALS = 256
 REFUSAL_LOG_INTERVAL_SECONDS = 10.0
 
@@ -198,9 +199,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 b"retry-after: " + str(RETRY_AFTER_SECONDS).encode() + b"\r\n",
             )
         )
-        if registry.lingering >= MAX_LINGERING_REFUSALS:
+        self._linger_then_close()
+
+    def _linger_then_close(self) -> None:
+        registry = self._registry
+        if registry.lingering >= MAX_LINGERING_REFUSALS or not self.transport.can_write_eof():
             self.transport.close()
             return
+        self.transport.write_eof()
         registry.lingering += 1
         self._lingering = self.loop.call_later(REFUSAL_LINGER_SECONDS, self.transport.close)
 
@@ -220,9 +226,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:
-            # A refused connection's request, read so that closing does not reset it.
-            self.transport.close()
-            return
+            return  # refused: read and dropped (see REFUSAL_LINGER_SECONDS)
         if self._head_pending:
             # Counted from the chunk after the one the request began in: that one is bounded
             # by the transport's read size, and the whole head is measured once complete.
@@ -315,4 +319,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is None or self.cycle.response_complete:
             self.logger.warning("%s (%d)", message, status)
             self.transport.write(self._response(status, message))
-        self.transport.close()
+            self._linger_then_close()
+        else:
+            self.transport.close()
