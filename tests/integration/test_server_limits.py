@@ -158,7 +158,7 @@ def test_slowloris_is_closed_by_the_header_timeout(service: ServiceProcess) -> N
     elapsed = time.monotonic() - started
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408 "), answer
-    assert HEADER_TIMEOUT - 0.5 <= elapsed <= HEADER_TIMEOUT + 2, elapsed
+    assert HEADER_TIMEOUT - 0.5 <= elapsed <= HEADER_TIMEOUT + 3, elapsed
 
 
 def test_idle_keepalive_is_not_cut_by_the_header_timeout(service: ServiceProcess) -> None:
@@ -219,9 +219,14 @@ async def test_connection_cap_evicts_idle_first_and_spares_event_streams(
         finally:
             for sock in held:
                 sock.close()
-        await asyncio.sleep(0.2)
-        # Room again once the busy connections are gone.
-        sock = connect(capped)
-        sock.sendall(GET)
-        assert read_response(sock).startswith(b"HTTP/1.1 200 ")
-        sock.close()
+        # Room again once the server has seen the busy connections go.
+        deadline = time.monotonic() + 5
+        while True:
+            sock = connect(capped)
+            sock.sendall(GET)
+            answer = read_response(sock)
+            sock.close()
+            if answer.startswith(b"HTTP/1.1 200 ") or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
