@@ -4,11 +4,6 @@ with a local development token, claim. Then the API confirms what the browser di
 
 from __future__ import annotations
 
-import functools
-import http.server
-import shutil
-import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 
@@ -18,64 +13,24 @@ from playwright.sync_api import Page, sync_playwright
 
 from autopilot_api.core.config import PROJECT_ROOT
 from autopilot_api.core.security import mint_user_token
-from autopilot_api.local.dataplane import LocalDataPlane, free_port
+from autopilot_api.local.dataplane import LocalDataPlane
 from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.conftest import make_settings
+from tests.fixtures.browser import launch_chromium, start_spa_api
 from tests.fixtures.factories import token_issuer
-from tests.fixtures.processes import ServiceProcess, start_service
+from tests.fixtures.processes import ServiceProcess
 
-SPA_DIR = PROJECT_ROOT / "examples" / "spa"
 ARTIFACTS = PROJECT_ROOT / ".artifacts"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium_path() -> str:
-    """Debian's Chromium, installed on first use (Playwright's own download is not used)."""
-    found = shutil.which("chromium")
-    if found is None:
-        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "chromium"],
-            check=True,
-            capture_output=True,
-            env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-        found = shutil.which("chromium")
-    assert found, "chromium could not be installed"
-    return found
-
-
-@pytest.fixture(scope="module")
-def spa_origin() -> Iterator[str]:
-    port = free_port()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SPA_DIR))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.shutdown()
 
 
 @pytest.fixture(scope="module")
 def api(
     data_plane: LocalDataPlane, spa_origin: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    service = start_service(
+    service = start_spa_api(
         data_plane,
+        spa_origin,
         tmp_path_factory.mktemp("e2e"),
-        CORS_ORIGINS=spa_origin,
-        SESSION_COOKIE_SECURE="false",
-        LOG_LEVEL="WARNING",
         MESSAGE_RATE_LIMIT_PER_MINUTE="1000",
     )
     try:
@@ -105,7 +60,7 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
     screenshot = ARTIFACTS / "e2e-claimed-profile.png"
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(f"{spa_origin}/index.html?api={api.base_url}")
         page.wait_for_selector("body[data-state='ready'][data-events='open']", timeout=15_000)
@@ -159,7 +114,7 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
 def test_docs_page_renders_with_no_failed_request_or_console_error(api: ServiceProcess) -> None:
     failures: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        browser = launch_chromium(playwright)
         page = browser.new_page()
         page.on("requestfailed", lambda request: failures.append(f"failed {request.url}"))
         page.on(
