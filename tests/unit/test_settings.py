@@ -51,6 +51,7 @@ class TestRefusals:
             ({"session_expiry_days": 0}, "SESSION_EXPIRY_DAYS"),
             ({"supabase_url": "not a url"}, "SUPABASE_URL"),
             ({"host": "example.com"}, "HOST"),
+            ({"events_max_stream_seconds": 0}, "EVENTS_MAX_STREAM_SECONDS"),
         ],
     )
     def test_bad_value_fails_naming_the_setting(

@@ -288,6 +288,7 @@ async def _verify_user(token: str, verifier: TokenVerifier) -> UserContext:
         email=verified.email,
         is_anonymous=verified.is_anonymous,
         app_role=verified.app_role,
+        expires_at=datetime.fromtimestamp(verified.claims["exp"], UTC),
     )
 
 

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     recovery_window_days: int = Field(default=7, ge=1)
     events_heartbeat_seconds: float = Field(default=15.0, gt=0)
     events_retry_ms: int = Field(default=3000, ge=0)
+    events_max_stream_seconds: int = Field(default=600, ge=1, le=86_400)
     event_ticket_ttl_seconds: int = Field(default=30, ge=5, le=600)
     admin_active_minutes: int = Field(default=15, ge=1)
 

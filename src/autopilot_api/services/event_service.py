@@ -51,12 +51,13 @@ class EventSubject:
 class StreamFrame:
     """One thing to write to the stream.
 
-    `ready` comes first, once the stream is subscribed and knows where it starts: from
-    then on nothing written is missed. Then events, and heartbeats between them.
+    `ready` comes first, once the stream is subscribed and knows where it starts (`cursor`):
+    from then on nothing written is missed. Then events, and heartbeats between them.
     """
 
     kind: Literal["ready", "event", "heartbeat"]
     event: dict[str, Any] | None = None
+    cursor: int | None = None
 
 
 def public_event(row: dict[str, Any]) -> dict[str, Any]:
@@ -131,21 +132,31 @@ class EventService:
         return int(rows[0]["id"]) if rows else 0
 
     async def frames(
-        self, *, subject: EventSubject, last_event_id: int | None
+        self,
+        *,
+        subject: EventSubject,
+        last_event_id: int | None,
+        not_after: datetime | None = None,
     ) -> AsyncIterator[StreamFrame]:
         """Replay after `last_event_id` (or start from now), then live; heartbeats between.
 
         Every poll re-reads a short window and sends each id once, so an event that
-        commits after a higher id was sent is still delivered.
+        commits after a higher id was sent is still delivered. The stream ends after
+        EVENTS_MAX_STREAM_SECONDS, and never outlives `not_after` (the access token that
+        allowed it): the client reconnects, and its identity is checked again.
         """
         heartbeat = self._settings.events_heartbeat_seconds
+        lifetime = float(self._settings.events_max_stream_seconds)
+        if not_after is not None:
+            lifetime = min(lifetime, (not_after - datetime.now(UTC)).total_seconds())
+        ends_at = time.monotonic() + lifetime
         sent: dict[int, float] = {}
         async with self._bus.subscribe(subject.key) as woken:
             cursor = (
                 last_event_id if last_event_id is not None else await self.latest_event_id(subject)
             )
             sent_floor = cursor
-            yield StreamFrame("ready")
+            yield StreamFrame("ready", cursor=cursor)
             while True:
                 for row in await self._fetch(subject, cursor):
                     event_id = int(row["id"])
@@ -155,10 +166,15 @@ class EventService:
                     cursor = max(cursor, event_id)
                     yield StreamFrame("event", public_event(row))
                 self._forget_old(sent)
+                left = ends_at - time.monotonic()
+                if left <= 0:
+                    return
                 try:
-                    await asyncio.wait_for(woken.wait(), timeout=heartbeat)
+                    await asyncio.wait_for(woken.wait(), timeout=min(heartbeat, left))
                     woken.clear()
                 except TimeoutError:
+                    if time.monotonic() >= ends_at:
+                        return
                     yield StreamFrame("heartbeat")
 
     @staticmethod

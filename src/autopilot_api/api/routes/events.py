@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, status
@@ -38,7 +39,9 @@ async def issue_ticket(user: CurrentUser, events: EventServiceDep) -> EventTicke
     responses={
         200: {
             "description": "text/event-stream: audit events (id = event id) and "
-            "extraction.completed; heartbeat comments; a retry hint.",
+            "extraction.completed; heartbeat comments; a retry hint. The stream ends after "
+            "EVENTS_MAX_STREAM_SECONDS (or when the access token that opened it expires); "
+            "reconnect with Last-Event-ID.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
         **error_responses(401, 422, 503),
@@ -54,21 +57,27 @@ async def stream_events(
     ] = None,
 ) -> DisconnectAwareEventSourceResponse:
     """Replays what was missed after Last-Event-ID, then streams live."""
+    not_after: datetime | None = None
     if ticket is not None:
         subject = EventSubject("profile", await events.consume_ticket(ticket=ticket))
     elif auth.user is not None:
         subject = EventSubject("profile", auth.user.id)
+        not_after = auth.user.expires_at
     elif auth.session is not None:
         subject = EventSubject("session", auth.session.session_id)
     else:
         raise UnauthorizedError("Send the session cookie, a bearer token or a ticket.")
-    first_frames = events.frames(subject=subject, last_event_id=last_event_id)
+    first_frames = events.frames(subject=subject, last_event_id=last_event_id, not_after=not_after)
 
     async def body() -> AsyncIterator[bytes]:
         try:
             async for frame in first_frames:
                 if frame.kind == "ready":
-                    yield format_sse_event(comment="connected", retry=settings.events_retry_ms)
+                    # An id with no data sets the browser's last event id without an
+                    # event: a stream dropped before its first event resumes from here.
+                    yield format_sse_event(
+                        comment="connected", id=str(frame.cursor), retry=settings.events_retry_ms
+                    )
                 elif frame.kind == "heartbeat":
                     yield sse_comment("heartbeat")
                 elif frame.event is not None:
