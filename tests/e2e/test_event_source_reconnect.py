@@ -1,6 +1,7 @@
 """A browser's own EventSource (Chromium's, not a library) loses no event when the server
 drops it: opened from the SPA's origin with credentials, for an anonymous visitor (session
-cookie). The server ends every stream after EVENTS_MAX_STREAM_SECONDS; the browser reconnects by itself to the URL it was opened with,
+cookie) and for a signed-in user (a ticket in the URL). The server ends every stream after
+EVENTS_MAX_STREAM_SECONDS; the browser reconnects by itself to the URL it was opened with,
 sending Last-Event-ID and its cookies. Writes land while it is disconnected. What the page
 received must be the subject's whole history from the moment it connected: strictly
 increasing, nothing missing, nothing twice."""
@@ -8,6 +9,7 @@ increasing, nothing missing, nothing twice."""
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -15,9 +17,11 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+from autopilot_api.core.security import mint_user_token
 from autopilot_api.local.dataplane import LocalDataPlane
-from tests.conftest import plane_info
+from tests.conftest import make_settings, plane_info
 from tests.fixtures.browser import BLANK_PAGE, launch_chromium, start_spa_api
+from tests.fixtures.factories import token_issuer
 from tests.fixtures.processes import ServiceProcess
 
 MAX_STREAM_SECONDS = 2
@@ -149,3 +153,50 @@ def test_anonymous_visitors_event_source_reconnects_with_its_cookie_and_misses_n
 
     assert len(expected) == WRITES
     assert got == expected, f"received {len(got)} events, history has {len(expected)}"
+
+
+def test_signed_in_users_event_source_reconnects_with_ticket_and_cookie_and_misses_nothing(
+    api: ServiceProcess, spa_origin: str, data_plane: LocalDataPlane
+) -> None:
+    user_id = uuid.uuid4()
+    token = mint_user_token(
+        plane_info(data_plane).jwt_secret,
+        issuer=token_issuer(make_settings(data_plane)),
+        user_id=user_id,
+        email="event-source@example.test",
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    writes = iter(range(1000))
+
+    def write() -> None:
+        response = httpx.put(
+            f"{api.base_url}/api/v1/discovery",
+            headers=headers,
+            json={"timeframe": f"t{next(writes)}"},
+        )
+        assert response.status_code in (200, 201), response.text
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"{spa_origin}{BLANK_PAGE}")  # EventSources run from the SPA's origin
+        ticket = page.evaluate(
+            "async ([api, token]) => (await (await fetch(api + '/api/v1/events/ticket',"
+            " {method: 'POST', headers: {Authorization: 'Bearer ' + token}})).json()).ticket",
+            [api.base_url, token],
+        )
+        url = f"{api.base_url}/api/v1/events?ticket={ticket}"
+        page.evaluate(PROBE_JS, url)
+        drop_and_write_three_times(page, write)
+        expected = history(data_plane, "profile_id", str(user_id))
+        got = received(page, expected)
+        (stream_cookie,) = [c for c in context.cookies() if c["name"] == "autopilot_events"]
+        assert page.evaluate("window.source.url") == url
+        browser.close()
+
+    assert len(expected) == WRITES + 1  # the first write also created the profile
+    assert got == expected, f"received {len(got)} events, history has {len(expected)}"
+    assert stream_cookie["path"] == "/api/v1/events"
+    assert stream_cookie["httpOnly"] is True
+    assert stream_cookie["value"] not in url

@@ -47,6 +47,7 @@ __all__ = [
     "SessionContext",
     "UserContext",
     "clear_session_cookie",
+    "set_event_stream_cookie",
     "get_current_user",
     "get_current_user_or_session",
     "get_session_cookie",
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Our tokens are 64 characters; a longer cookie value is not ours.
+MAX_CREDENTIAL_CHARS = 128
 UNMATCHABLE_VERSION = -1
 
 # The attributes that never change; name, Secure and SameSite come from Settings.
@@ -249,6 +252,30 @@ def clear_session_cookie(response: Response, settings: Settings) -> None:
         secure=settings.session_cookie_secure,
         samesite=settings.session_cookie_samesite,
         **SESSION_COOKIE_CONFIG,
+    )
+
+
+async def get_event_stream_cookie(request: Request, settings: SettingsDep) -> str | None:
+    """The stream credential a ticket-opened EventSource presents when it reconnects."""
+    value = request.cookies.get(settings.events_cookie_name)
+    return value if value and len(value) <= MAX_CREDENTIAL_CHARS else None
+
+
+EventStreamCookie = Annotated[str | None, Depends(get_event_stream_cookie)]
+
+
+def set_event_stream_cookie(
+    response: Response, settings: Settings, *, path: str, credential: str, expires_at: str
+) -> None:
+    """HttpOnly, sent only to the events URL; SameSite and Secure as the session cookie."""
+    response.set_cookie(
+        key=settings.events_cookie_name,
+        value=credential,
+        max_age=_remaining_seconds(expires_at),
+        path=path,
+        secure=settings.session_cookie_secure,
+        samesite=settings.session_cookie_samesite,
+        httponly=True,
     )
 
 
