@@ -226,3 +226,38 @@ class TestTicketReconnect:
         assert int(stream_cookie_of(by_ticket)[STREAM_COOKIE]["max-age"]) <= 3
         assert by_bearer.status_code == 200
         assert by_bearer.text.startswith(": connected")
+
+    async def test_a_new_event_source_resumes_from_the_last_event_id_in_its_url(
+        self, http: httpx.AsyncClient, settings: Settings, rest: httpx.AsyncClient
+    ) -> None:
+        user = make_user(settings)
+        for index in range(3):
+            put = await http.put(
+                "/api/v1/discovery", headers=user.headers, json={"timeframe": f"t{index}"}
+            )
+            assert put.status_code in (200, 201), put.text
+        stored = await rest.get(
+            "/session_events",
+            params={"profile_id": f"eq.{user.id}", "select": "id", "order": "id"},
+        )
+        ids = [row["id"] for row in stored.json()]
+        assert len(ids) == 4
+
+        ticket = await ticket_for(http, user)
+        url_params = {"ticket": ticket, "lastEventId": str(ids[1])}
+        async with http.stream("GET", "/api/v1/events", params=url_params) as first:
+            assert first.status_code == 200
+            cookie = stream_cookie_of(first)[STREAM_COOKIE].value
+            replayed = await collect(sse_messages(first), events=2)
+        assert [int(m.id or 0) for m in replayed] == ids[2:]
+
+        # The browser's own reconnect to that URL sends a newer Last-Event-ID: it wins.
+        async with http.stream(
+            "GET",
+            "/api/v1/events",
+            params=url_params,
+            headers={"Cookie": f"{STREAM_COOKIE}={cookie}", "Last-Event-ID": str(ids[2])},
+        ) as again:
+            assert again.status_code == 200
+            (only,) = await collect(sse_messages(again), events=1)
+        assert int(only.id or 0) == ids[3]

@@ -67,8 +67,19 @@ async def stream_events(
     last_event_id: Annotated[
         int | None, Header(alias="Last-Event-ID", ge=0, description="Resume after this id.")
     ] = None,
+    last_event_id_query: Annotated[
+        int | None,
+        Query(
+            alias="lastEventId",
+            ge=0,
+            description="Resume after this id when no Last-Event-ID header is sent: for a new "
+            "EventSource (e.g. with a new ticket after a token refresh), which cannot send it.",
+        ),
+    ] = None,
 ) -> DisconnectAwareEventSourceResponse:
     """Replays what was missed after Last-Event-ID, then streams live."""
+    # The header wins: a browser reconnecting to this URL sends the newer id in it.
+    resume_after = last_event_id if last_event_id is not None else last_event_id_query
     grant: TicketGrant | None = None
     not_after: datetime | None
     if ticket is not None:
@@ -83,7 +94,7 @@ async def stream_events(
         not_after = None
     else:
         raise UnauthorizedError("Send the session cookie, a bearer token or a ticket.")
-    first_frames = events.frames(subject=subject, last_event_id=last_event_id, not_after=not_after)
+    first_frames = events.frames(subject=subject, last_event_id=resume_after, not_after=not_after)
 
     async def body() -> AsyncIterator[bytes]:
         try:
