@@ -83,6 +83,8 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
         page.fill("#token", token)
         page.click("#claim")
         page.wait_for_selector("body[data-state='claimed']", timeout=15_000)
+        # The signed-in user's own stream, opened with a ticket.
+        page.wait_for_selector("body[data-events='open']", timeout=15_000)
         assert page.inner_text("#answers-title") == "Saved to your profile"
         assert page.inner_text("tr[data-key='facility_type'] td.value") == "warehouse"
         page.screenshot(path=str(screenshot), full_page=True)
