@@ -56,6 +56,7 @@ __all__ = [
     "SessionContext",
     "UserContext",
     "clear_session_cookie",
+    "set_event_stream_cookie",
     "get_current_user",
     "get_current_user_or_session",
     "get_session_cookie",
@@ -63,6 +64,8 @@ __all__ = [
 ]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Our tokens are 64 characters; a longer cookie value is not ours.
+MAX_CREDENTIAL_CHARS = 128
 UNMATCHABLE_VERSION = -1
 
 # The attributes that never change; name, Secure and SameSite come from Settings.
@@ -273,6 +276,30 @@ def clear_session_cookie(response: Response, settings: Settings) -> None:
     )
 
 
+async def get_event_stream_cookie(request: Request, settings: SettingsDep) -> str | None:
+    """The stream credential a ticket-opened EventSource presents when it reconnects."""
+    value = request.cookies.get(settings.events_cookie_name)
+    return value if value and len(value) <= MAX_CREDENTIAL_CHARS else None
+
+
+EventStreamCookie = Annotated[str | None, Depends(get_event_stream_cookie)]
+
+
+def set_event_stream_cookie(
+    response: Response, settings: Settings, *, path: str, credential: str, expires_at: str
+) -> None:
+    """HttpOnly, sent only to the events URL; SameSite and Secure as the session cookie."""
+    response.set_cookie(
+        key=settings.events_cookie_name,
+        value=credential,
+        max_age=_remaining_seconds(expires_at),
+        path=path,
+        secure=settings.session_cookie_secure,
+        samesite=settings.session_cookie_samesite,
+        httponly=True,
+    )
+
+
 def _clear_cookie_everywhere(response: Response, settings: Settings) -> None:
     # Also on error responses: the error handler reads this flag.
     clear_session_cookie(response, settings)
@@ -309,6 +336,7 @@ async def _verify_user(token: str, verifier: TokenVerifier) -> UserContext:
         email=verified.email,
         is_anonymous=verified.is_anonymous,
         app_role=verified.app_role,
+        expires_at=datetime.fromtimestamp(verified.claims["exp"], UTC),
     )
 
 

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     recovery_window_days: int = Field(default=7, ge=1)
     events_heartbeat_seconds: float = Field(default=15.0, gt=0)
     events_retry_ms: int = Field(default=3000, ge=0)
+    events_max_stream_seconds: int = Field(default=600, ge=1, le=86_400)
+    events_cookie_name: str = Field(default="autopilot_events", pattern=r"^[A-Za-z0-9_\-]+$")
     event_ticket_ttl_seconds: int = Field(default=30, ge=5, le=600)
     audit_event_retention_days: int = Field(default=90, ge=1, le=3650)
     admin_active_minutes: int = Field(default=15, ge=1)
@@ -176,6 +178,8 @@ class Settings(BaseSettings):
                 "SESSION_COOKIE_SAMESITE=none requires SESSION_COOKIE_SECURE=true "
                 "(browsers drop SameSite=None cookies that are not Secure)"
             )
+        if self.events_cookie_name == self.session_cookie_name:
+            raise ValueError("EVENTS_COOKIE_NAME must differ from SESSION_COOKIE_NAME")
         if self.supabase_url and not self.supabase_service_role_key:
             raise ValueError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
         if self.metrics_port is not None and self.metrics_port == self.port:

@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 LATE_COMMIT_WINDOW = timedelta(seconds=30)
 FETCH_LIMIT = 500
 LIVE_EVENT_NAMES = {"extracted": "extraction.completed"}
+# A stream credential outlives the longest stream by this much: room for the browser's
+# reconnect delay, or a restart of the service, before it presents the credential again.
+STREAM_CREDENTIAL_GRACE_SECONDS = 120
 
 
 class InvalidTicketError(UnauthorizedError):
@@ -48,15 +51,27 @@ class EventSubject:
 
 
 @dataclass(frozen=True)
+class TicketGrant:
+    """A stream opened with a ticket: whose, until when, and the credential to set as the
+    stream cookie (new on the ticket's first use, else the one presented, renewed)."""
+
+    profile_id: UUID
+    not_after: datetime
+    credential: str
+    credential_expires_at: str
+
+
+@dataclass(frozen=True)
 class StreamFrame:
     """One thing to write to the stream.
 
-    `ready` comes first, once the stream is subscribed and knows where it starts: from
-    then on nothing written is missed. Then events, and heartbeats between them.
+    `ready` comes first, once the stream is subscribed and knows where it starts (`cursor`):
+    from then on nothing written is missed. Then events, and heartbeats between them.
     """
 
     kind: Literal["ready", "event", "heartbeat"]
     event: dict[str, Any] | None = None
+    cursor: int | None = None
 
 
 def public_event(row: dict[str, Any]) -> dict[str, Any]:
@@ -95,8 +110,16 @@ class EventService:
         self._settings = settings
         self._bus = bus
 
+    @property
+    def credential_ttl_seconds(self) -> int:
+        """Every stream ends (and its browser reconnects) before its credential expires."""
+        return self._settings.events_max_stream_seconds + STREAM_CREDENTIAL_GRACE_SECONDS
+
     async def issue_ticket(self, *, user: UserContext) -> tuple[str, str]:
-        """A single-use ticket for the stream URL (only its hash is stored)."""
+        """A ticket for the stream URL, good for one first use (only its hash is stored).
+
+        It and what it leads to end when the access token that bought it expires.
+        """
         ticket = generate_session_token()
         expires_at = await call_rpc(
             self._supabase,
@@ -105,17 +128,36 @@ class EventService:
                 "p_ticket_hash": hash_session_token(ticket),
                 "p_profile_id": str(user.id),
                 "p_ttl_seconds": self._settings.event_ticket_ttl_seconds,
+                "p_not_after": user.expires_at.isoformat() if user.expires_at else None,
             },
         )
         return ticket, str(expires_at)
 
-    async def consume_ticket(self, *, ticket: str) -> UUID:
-        profile_id = await call_rpc(
-            self._supabase, "consume_event_ticket", {"p_ticket_hash": hash_session_token(ticket)}
+    async def open_with_ticket(self, *, ticket: str, credential: str | None) -> TicketGrant:
+        """The ticket's first use, or a reconnect: the spent ticket plus a live credential
+        of the same user (the stream cookie). The spent ticket alone is refused."""
+        new_credential = generate_session_token()
+        grant = await call_rpc(
+            self._supabase,
+            "open_event_stream",
+            {
+                "p_ticket_hash": hash_session_token(ticket),
+                "p_credential_hash": hash_session_token(credential) if credential else None,
+                "p_new_credential_hash": hash_session_token(new_credential),
+                "p_credential_ttl_seconds": self.credential_ttl_seconds,
+            },
         )
-        if not profile_id:
+        if not grant:
             raise InvalidTicketError()
-        return UUID(str(profile_id))
+        presented = new_credential if grant["issued"] else credential
+        if presented is None:  # never: a reconnect is accepted only with a credential
+            raise InvalidTicketError()
+        return TicketGrant(
+            profile_id=UUID(str(grant["profileId"])),
+            not_after=datetime.fromisoformat(str(grant["notAfter"])),
+            credential=presented,
+            credential_expires_at=str(grant["credentialExpiresAt"]),
+        )
 
     async def _fetch(self, subject: EventSubject, after_id: int) -> list[dict[str, Any]]:
         since = (datetime.now(UTC) - LATE_COMMIT_WINDOW).isoformat()
@@ -153,14 +195,24 @@ class EventService:
         return int(await call_rpc(self._supabase, "event_history_floor", {}) or 0)
 
     async def frames(
-        self, *, subject: EventSubject, last_event_id: int | None
+        self,
+        *,
+        subject: EventSubject,
+        last_event_id: int | None,
+        not_after: datetime | None = None,
     ) -> AsyncIterator[StreamFrame]:
         """Replay after `last_event_id` (or start from now), then live; heartbeats between.
 
         Every poll re-reads a short window and sends each id once, so an event that
-        commits after a higher id was sent is still delivered.
+        commits after a higher id was sent is still delivered. The stream ends after
+        EVENTS_MAX_STREAM_SECONDS, and never outlives `not_after` (the access token that
+        allowed it): the client reconnects, and its identity is checked again.
         """
         heartbeat = self._settings.events_heartbeat_seconds
+        lifetime = float(self._settings.events_max_stream_seconds)
+        if not_after is not None:
+            lifetime = min(lifetime, (not_after - datetime.now(UTC)).total_seconds())
+        ends_at = time.monotonic() + lifetime
         sent: dict[int, float] = {}
         async with self._bus.subscribe(subject.key) as woken:
             reset = None
@@ -177,7 +229,7 @@ class EventService:
                 last_event_id if last_event_id is not None else await self.latest_event_id(subject)
             )
             sent_floor = cursor
-            yield StreamFrame("ready")
+            yield StreamFrame("ready", cursor=cursor)
             if reset is not None:
                 yield StreamFrame("event", reset)
             while True:
@@ -189,10 +241,15 @@ class EventService:
                     cursor = max(cursor, event_id)
                     yield StreamFrame("event", public_event(row))
                 self._forget_old(sent)
+                left = ends_at - time.monotonic()
+                if left <= 0:
+                    return
                 try:
-                    await asyncio.wait_for(woken.wait(), timeout=heartbeat)
+                    await asyncio.wait_for(woken.wait(), timeout=min(heartbeat, left))
                     woken.clear()
                 except TimeoutError:
+                    if time.monotonic() >= ends_at:
+                        return
                     yield StreamFrame("heartbeat")
 
     @staticmethod
