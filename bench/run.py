@@ -464,8 +464,8 @@ def main() -> None:
     OUT_DIR.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (OUT_DIR / f"results-{stamp}.json").write_text(json.dumps(results, indent=2))
-    chart(results, OUT_DIR / f"chart-{stamp}.png")
     print(report(results))  # noqa: T201
+    chart(results, OUT_DIR / f"chart-{stamp}.png")
     print(f"\nwritten: .bench/results-{stamp}.json, .bench/chart-{stamp}.png")  # noqa: T201
 
 
