@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
+    access_log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
 
     # --- anonymous sessions ----------------------------------------------------------
     session_cookie_name: str = Field(default="autopilot_session", pattern=r"^[A-Za-z0-9_\-]+$")
