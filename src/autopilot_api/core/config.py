@@ -224,6 +224,18 @@ class Settings(BaseSettings):
             )
 
 
+    def require_shared_state_for_workers(self) -> None:
+        """Several workers need Redis: without it each keeps its own wake-ups, rate limits,
+        stream caps and metrics, and a write through one reaches the streams held by
+        another only at that stream's next heartbeat."""
+        if self.workers > 1 and not self.redis_url:
+            raise SettingsError(
+                f"WORKERS={self.workers} without REDIS_URL: refusing to start. Each worker "
+                "would keep its own live-event wake-ups, rate limits and stream caps. Set "
+                "REDIS_URL (one Redis for all workers), or serve with WORKERS=1."
+            )
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings, turning a validation failure into one message naming each setting."""
     try:
