@@ -74,9 +74,12 @@ def _serve(_: argparse.Namespace) -> int:
     sock = _bind(settings)
     if sock is None:
         return 2
+    from autopilot_api.core.http_protocol import CorkedHttpToolsProtocol
+
     config = uvicorn.Config(
         "autopilot_api.main:create_app",
         factory=True,
+        http=CorkedHttpToolsProtocol,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
