@@ -137,9 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_docs(app)
 
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(
-        RequestIdMiddleware, access_log_sample_rate=settings.access_log_sample_rate
-    )
+    app.add_middleware(RequestIdMiddleware, access_log_sample_rate=settings.access_log_sample_rate)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

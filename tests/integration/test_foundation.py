@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from autopilot_api.core.config import Settings
 from autopilot_api.db.migrations import ALEMBIC_DIR, MIGRATIONS_DIR, upgrade_database
 from autopilot_api.local.dataplane import LocalDataPlane, drop_database, with_database
-from autopilot_api.core.config import Settings
 from tests.conftest import plane_info, running_app
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")

@@ -77,9 +77,7 @@ class RequestIdMiddleware:
             template = _route_template(scope)
             REQUESTS.labels(scope["method"], template, str(status)).inc()
             REQUEST_SECONDS.labels(template).observe(elapsed)
-            log_access(
-                scope["method"], scope["path"], status, elapsed, self.access_log_sample_rate
-            )
+            log_access(scope["method"], scope["path"], status, elapsed, self.access_log_sample_rate)
             request_id_var.reset(token)
             clear_cookie_var.reset(cookie_token)
 

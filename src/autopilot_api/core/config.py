@@ -223,7 +223,6 @@ class Settings(BaseSettings):
                 "or run `make run` (LOCAL_MODE=true) for the local data plane."
             )
 
-
     def require_shared_state_for_workers(self) -> None:
         """Several workers need Redis: without it each keeps its own wake-ups, rate limits,
         stream caps and metrics, and a write through one reaches the streams held by
