@@ -106,6 +106,7 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_token: SecretStr | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    access_log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
 
     # --- anonymous sessions ----------------------------------------------------------
     session_cookie_name: str = Field(default="autopilot_session", pattern=r"^[A-Za-z0-9_\-]+$")
@@ -239,6 +240,17 @@ class Settings(BaseSettings):
                 "SUPABASE_URL is not set and LOCAL_MODE is off: refusing to start. "
                 "Set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY for a hosted project, "
                 "or run `make run` (LOCAL_MODE=true) for the local data plane."
+            )
+
+    def require_shared_state_for_workers(self) -> None:
+        """Several workers need Redis: without it each keeps its own wake-ups, rate limits,
+        stream caps and metrics, and a write through one reaches the streams held by
+        another only at that stream's next heartbeat."""
+        if self.workers > 1 and not self.redis_url:
+            raise SettingsError(
+                f"WORKERS={self.workers} without REDIS_URL: refusing to start. Each worker "
+                "would keep its own live-event wake-ups, rate limits and stream caps. Set "
+                "REDIS_URL (one Redis for all workers), or serve with WORKERS=1."
             )
 
 

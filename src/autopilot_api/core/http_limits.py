@@ -34,6 +34,8 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from autopilot_api.core.http_protocol import CorkedHttpToolsProtocol
+
 if TYPE_CHECKING:
     from uvicorn._types import ASGISendEvent
     from uvicorn.config import Config
@@ -322,3 +324,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._linger_then_close()
         else:
             self.transport.close()
+
+
+class ServedHttpToolsProtocol(CorkedHttpToolsProtocol, LimitedHttpToolsProtocol):
+    """What `serve` runs: the limits above, and a small response sent in one write."""
