@@ -18,7 +18,7 @@ def service_on_fresh_data_plane(**env: str) -> Iterator[tuple[LocalDataPlane, Se
     work = Path(tempfile.mkdtemp(prefix="autopilot-bench-"))
     plane = LocalDataPlane(data_dir=work / "plane", postgrest_pool=20)
     plane.start()
-    service = start_service(plane, work, **{"LOG_LEVEL": "WARNING", **env})
+    service = start_service(plane, work, **{"LOG_LEVEL": "INFO", **env})
     try:
         yield plane, service
     finally:

@@ -24,6 +24,7 @@ pytest_plugins = [
     "tests.fixtures.processes",
     "tests.fixtures.fake_openai",
     "tests.fixtures.redis",
+    "tests.fixtures.browser",
 ]
 
 API_BASE_URL = "https://testserver"

@@ -54,14 +54,22 @@ async function refresh() {
   return row;
 }
 
+// One EventSource per identity, never re-opened by hand: when the server ends a stream the
+// browser reconnects by itself to the same URL with Last-Event-ID, and loses nothing.
+// withCredentials sends the cookies: the anonymous session's, or, for a stream opened with a
+// ticket, the stream cookie the ticket's first use set (the spent ticket alone is refused).
 function listen(url) {
   if (events) events.close();
+  document.body.dataset.events = "connecting";
   events = new EventSource(url, { withCredentials: true });
   const onChange = () => refresh().catch((error) => setState("error", error.message));
   for (const name of ["updated", "phase_changed", "extraction.completed", "claimed", "completed"]) {
     events.addEventListener(name, onChange);
   }
   events.onopen = () => { document.body.dataset.events = "open"; };
+  events.onerror = () => {
+    document.body.dataset.events = events.readyState === EventSource.CLOSED ? "closed" : "reconnecting";
+  };
 }
 
 function bubble(role, text) {
@@ -131,6 +139,7 @@ async function claim(token) {
   const result = await response.json();
   renderProgress(result.profile);
   $("answers-title").textContent = "Saved to your profile";
+  // EventSource cannot send the bearer token: a ticket in the URL stands for it.
   const ticket = (await (await api("/api/v1/events/ticket", { method: "POST" })).json()).ticket;
   listen(`${API}/api/v1/events?ticket=${encodeURIComponent(ticket)}`);
   setState("claimed", `signed in · ${result.conversationsMoved} conversation(s) saved`);

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import errno
 import logging
+import os
 import socket
 import sys
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from autopilot_api.core.config import Settings, SettingsError, get_settings
@@ -61,17 +63,20 @@ def _serve(_: argparse.Namespace) -> int:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
+    from autopilot_api.core.http_limits import ServedHttpToolsProtocol
     from autopilot_api.core.logging import configure_logging
     from autopilot_api.core.metrics_export import MetricsExport
 
     settings = get_settings()
     settings.require_data_plane()
+    settings.require_shared_state_for_workers()
     # This process's own lines (with WORKERS>1 the supervisor's: where it listens, workers
     # that die) in the same format as the app's; create_app configures each worker again.
     configure_logging(settings.log_level, settings.resolved_log_format)
     sock = _bind(settings)
     if sock is None:
         return 2
+
     config = uvicorn.Config(
         "autopilot_api.main:create_app",
         factory=True,
@@ -84,18 +89,25 @@ def _serve(_: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.keepalive_timeout_seconds,
+        # The header size and read-time limits and the connection cap uvicorn lacks, and
+        # one write per small response.
+        http=ServedHttpToolsProtocol,
     )
     # Before any worker imports prometheus_client: one metrics folder for all of them.
     metrics = MetricsExport.open(settings)
     try:
         if config.workers > 1:
+            stop_plane = _share_local_data_plane(settings)
             # As uvicorn.run does for workers: the supervisor hands the one socket to each.
             logging.getLogger("uvicorn.error").info(
                 "Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
                 settings.host,
                 settings.port,
             )
-            Multiprocess(config, sockets=[sock]).run()
+            try:
+                Multiprocess(config, sockets=[sock]).run()
+            finally:
+                stop_plane()
             return 0
         banner = settings.uses_local_data_plane and settings.resolved_log_format == "console"
         server = _server(config, banner=_banner(settings) if banner else None)
@@ -107,6 +119,24 @@ def _serve(_: argparse.Namespace) -> int:
     finally:
         sock.close()
         metrics.close()
+
+
+def _share_local_data_plane(settings: Settings) -> Callable[[], None]:
+    """Local mode with several workers: one data plane, started here before the workers,
+    which find it through the environment they inherit (each lifespan would otherwise
+    start its own Postgres and PostgREST on the one data directory). Returns its stop."""
+    if not settings.uses_local_data_plane:
+        return lambda: None
+    from autopilot_api.core.supabase import open_data_plane
+
+    plane = open_data_plane(settings)
+    os.environ.update(
+        SUPABASE_URL=plane.endpoint.rest_url,
+        SUPABASE_REST_URL=plane.endpoint.rest_url,
+        SUPABASE_SERVICE_ROLE_KEY=plane.endpoint.service_role_key,
+        SUPABASE_JWT_SECRET=plane.settings.supabase_jwt_secret or "",
+    )
+    return plane.stop
 
 
 def _server(config: uvicorn.Config, *, banner: str | None) -> uvicorn.Server:

@@ -5,9 +5,6 @@ Chromium: see tests/fixtures/chromium.py (CHROMIUM_PATH, or apt-get as root)."""
 
 from __future__ import annotations
 
-import functools
-import http.server
-import threading
 import uuid
 from collections.abc import Iterator
 
@@ -17,64 +14,24 @@ from playwright.sync_api import Page, sync_playwright
 
 from autopilot_api.core.config import PROJECT_ROOT
 from autopilot_api.core.security import mint_user_token
-from autopilot_api.local.dataplane import LocalDataPlane, free_port
+from autopilot_api.local.dataplane import LocalDataPlane
 from autopilot_api.services.extraction_constants import QUESTION_BY_KEY, QUESTION_KEYS_IN_ORDER
 from tests.conftest import make_settings
-from tests.fixtures.chromium import ChromiumUnavailableError, find_chromium
+from tests.fixtures.browser import launch_chromium, start_spa_api
 from tests.fixtures.factories import token_issuer
-from tests.fixtures.processes import ServiceProcess, start_service
+from tests.fixtures.processes import ServiceProcess
 
-SPA_DIR = PROJECT_ROOT / "examples" / "spa"
 ARTIFACTS = PROJECT_ROOT / ".artifacts"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-def chromium(capsys: pytest.CaptureFixture[str]) -> str:
-    """The browser's path; installing it is announced on the terminal, past pytest's capture."""
-
-    def announce(line: str) -> None:
-        with capsys.disabled():
-            print(f"\n{line}", flush=True)  # noqa: T201
-
-    try:
-        return find_chromium(announce=announce)
-    except ChromiumUnavailableError as exc:
-        problem = str(exc)
-    pytest.fail(problem, pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def spa_origin() -> Iterator[str]:
-    port = free_port()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(SPA_DIR))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.shutdown()
 
 
 @pytest.fixture(scope="module")
 def api(
     data_plane: LocalDataPlane, spa_origin: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
-    service = start_service(
+    service = start_spa_api(
         data_plane,
+        spa_origin,
         tmp_path_factory.mktemp("e2e"),
-        CORS_ORIGINS=spa_origin,
-        SESSION_COOKIE_SECURE="false",
-        LOG_LEVEL="WARNING",
         MESSAGE_RATE_LIMIT_PER_MINUTE="1000",
     )
     try:
@@ -132,7 +89,7 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
     screenshot = ARTIFACTS / "e2e-claimed-profile.png"
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        browser = launch_chromium(playwright, chromium)
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         page.goto(f"{spa_origin}/index.html?api={api.base_url}")
         page.wait_for_selector("body[data-state='ready'][data-events='open']", timeout=15_000)
@@ -159,6 +116,8 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
         page.fill("#token", token)
         page.click("#claim")
         page.wait_for_selector("body[data-state='claimed']", timeout=15_000)
+        # The signed-in user's own stream, opened with a ticket.
+        page.wait_for_selector("body[data-events='open']", timeout=15_000)
         assert page.inner_text("#answers-title") == "Saved to your profile"
         assert (
             page.inner_text("tr[data-key='facility_type'] td.value")
@@ -201,7 +160,7 @@ def test_docs_page_renders_with_no_failed_request_or_console_error(
 ) -> None:
     failures: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        browser = launch_chromium(playwright, chromium)
         page = browser.new_page()
         page.on("requestfailed", lambda request: failures.append(f"failed {request.url}"))
         page.on(

@@ -37,7 +37,10 @@ def own_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDataPla
 async def test_postgres_killed_under_writes_loses_no_acknowledged_write(
     own_plane: LocalDataPlane,
 ) -> None:
-    settings = make_settings(own_plane, data_plane_timeout_seconds=3.0)
+    # Writers loop every 5 ms: far past the per-session write limit, which is not tested here.
+    settings = make_settings(
+        own_plane, data_plane_timeout_seconds=3.0, session_write_limit_per_minute=100_000_000
+    )
     async with running_app(settings) as app:
         clients = [browser_client(app) for _ in range(WRITERS)]
         acknowledged = [0] * WRITERS

@@ -235,10 +235,6 @@ class TestStreamEndsWithItsCredential:
         )
         assert issued.status_code == 201, issued.text
         ticket = issued.json()["ticket"]
-        # The exp it carries is covered by the stored hash: changed, the ticket is unknown.
-        forged = f"{ticket.rpartition('.')[0]}.{int(time.time()) + 3600}"
-        refused = await http.get("/api/v1/events", params={"ticket": forged})
-        assert refused.status_code == 401
         async with http.stream("GET", "/api/v1/events", params={"ticket": ticket}) as stream:
             messages = sse_messages(stream)
             assert (await anext(messages)).comments == ["connected"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import uuid
 
@@ -10,11 +11,22 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from autopilot_api.core.config import Settings
 from autopilot_api.db.migrations import ALEMBIC_DIR, MIGRATIONS_DIR, upgrade_database
 from autopilot_api.local.dataplane import LocalDataPlane, drop_database, with_database
 from tests.conftest import browser_client, make_settings, plane_info, running_app
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
+
+
+@ASYNC
+async def test_start_up_objects_are_out_of_the_collectors_sight_while_serving(
+    settings: Settings,
+) -> None:
+    # Full collections under load scanned every object start-up made (the p99 of GET /me).
+    async with running_app(settings):
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0
 
 
 @ASYNC

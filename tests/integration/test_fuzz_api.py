@@ -53,6 +53,7 @@ def fuzz_service(
         tmp_path_factory.mktemp("fuzz"),
         SESSION_CREATE_LIMIT_PER_HOUR="100000000",
         MESSAGE_RATE_LIMIT_PER_MINUTE="100000000",
+        SESSION_WRITE_LIMIT_PER_MINUTE="100000000",
         LOG_LEVEL="ERROR",
     )
     try:

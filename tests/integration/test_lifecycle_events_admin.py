@@ -342,7 +342,7 @@ class TestLiveEventsAcrossInstances:
         mine_now = (await a.get("/api/v1/sessions/me", headers=mine)).json()
         assert event.data["sessionId"] == mine_now["id"]
 
-    async def test_signed_in_user_streams_with_a_single_use_ticket(
+    async def test_signed_in_user_streams_with_a_ticket_that_alone_opens_only_once(
         self, instances: tuple[httpx.AsyncClient, httpx.AsyncClient], settings: Settings
     ) -> None:
         a, b = instances
@@ -355,6 +355,9 @@ class TestLiveEventsAcrossInstances:
             events = await collect(messages, events=2)
         assert [e.event for e in events] == ["created", "updated"]
         assert events[0].data["profileId"] == str(user.id)
+        # The ticket alone, without the stream cookie its first use set, opens nothing.
+        assert "autopilot_events" in b.cookies
+        b.cookies.clear()
         reused = await b.get("/api/v1/events", params={"ticket": ticket})
         assert reused.status_code == 401
         assert reused.json()["error"]["code"] == "invalid_ticket"

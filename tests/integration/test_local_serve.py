@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from autopilot_api.local.dataplane import free_port
+from tests.fixtures.factories import SPA_ORIGIN
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -112,3 +113,91 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _serve_env(tmp_path: Path, port: int, **extra: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "LOCAL_MODE": "true",
+        "SESSION_COOKIE_SECURE": "false",
+        "PORT": str(port),
+        "LOCAL_DATA_DIR": str(tmp_path / "local"),
+        **extra,
+    }
+
+
+def test_several_workers_without_redis_refuse_to_start(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "autopilot_api", "serve"],
+        cwd=tmp_path,
+        env=_serve_env(tmp_path, free_port(), WORKERS="2"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "WORKERS=2 without REDIS_URL: refusing to start" in result.stderr
+    # Refused before anything started: no data plane was made.
+    assert not (tmp_path / "local").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        children = Path(f"/proc/{current}/task/{current}/children")
+        kids = [int(kid) for kid in children.read_text().split()] if children.exists() else []
+        found += kids
+        todo += kids
+    return found
+
+
+def test_local_mode_with_several_workers_runs_one_data_plane(
+    tmp_path: Path, redis_url: str
+) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autopilot_api", "serve"],
+        cwd=tmp_path,
+        env=_serve_env(
+            tmp_path,
+            port,
+            WORKERS="2",
+            REDIS_URL=redis_url,
+            CORS_ORIGINS=SPA_ORIGIN,
+            SESSION_CREATE_LIMIT_PER_HOUR="100000000",
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        ready = 0
+        while ready < 20 and time.monotonic() < deadline:
+            assert process.poll() is None, "serve exited"
+            try:
+                ready = ready + 1 if httpx.get(f"{base}/readyz", timeout=2).is_success else 0
+            except httpx.HTTPError:
+                ready = 0
+            time.sleep(0.05 if ready else 0.5)
+        assert ready == 20, "not ready in 120 s"
+        # Both workers have finished their start-up (each lifespan would start a plane).
+        time.sleep(3)
+        for _ in range(6):
+            created = httpx.post(f"{base}/api/v1/sessions", headers={"Origin": SPA_ORIGIN})
+            assert created.status_code == 201
+        postgrest = [
+            pid
+            for pid in _descendants(process.pid)
+            if b"postgrest" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(postgrest) == 1, postgrest
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()

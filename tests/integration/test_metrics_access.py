@@ -60,10 +60,13 @@ async def _hit_readyz(base_url: str, count: int) -> None:
 
 @ASYNC
 async def test_one_scrape_counts_the_requests_of_every_worker(
-    data_plane: LocalDataPlane, tmp_path: Path
+    data_plane: LocalDataPlane, tmp_path: Path, redis_url: str
 ) -> None:
     token = secrets.token_urlsafe(24)
-    service = start_service(data_plane, tmp_path, WORKERS="2", METRICS_TOKEN=token)
+    # Several workers need a Redis (serve refuses without one).
+    service = start_service(
+        data_plane, tmp_path, WORKERS="2", METRICS_TOKEN=token, REDIS_URL=redis_url
+    )
     try:
         folder = _multiproc_dir(service)
         sent = 0
@@ -97,10 +100,12 @@ async def test_one_scrape_counts_the_requests_of_every_worker(
 
 @ASYNC
 async def test_metrics_port_serves_every_worker_and_the_api_port_hides_metrics(
-    data_plane: LocalDataPlane, tmp_path: Path
+    data_plane: LocalDataPlane, tmp_path: Path, redis_url: str
 ) -> None:
     metrics_port = free_port()
-    service = start_service(data_plane, tmp_path, WORKERS="2", METRICS_PORT=str(metrics_port))
+    service = start_service(
+        data_plane, tmp_path, WORKERS="2", METRICS_PORT=str(metrics_port), REDIS_URL=redis_url
+    )
     try:
         await _hit_readyz(service.base_url, 40)
         scrape = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)

@@ -13,7 +13,12 @@ from collections.abc import Iterator
 import pytest
 
 from autopilot_api.core.config import load_settings
-from autopilot_api.core.logging import ConsoleFormatter, JsonFormatter, configure_logging
+from autopilot_api.core.logging import (
+    ConsoleFormatter,
+    JsonFormatter,
+    configure_logging,
+    log_access,
+)
 from autopilot_api.core.request_context import request_id_var
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -185,3 +190,56 @@ class TestConsole:
         first, *rest = stream.getvalue().splitlines()
         assert re.match(r"\d{2}:\d{2}:\d{2}\.\d{3} WARNING py\.warnings \S+: RuntimeWarning", first)
         assert all(line.startswith("    ") for line in rest)
+
+
+class TestAccessLine:
+    def _lines(self, monkeypatch: pytest.MonkeyPatch, *calls: tuple[int, float]) -> list[dict]:  # type: ignore[type-arg]
+        stream = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        configure_logging("INFO")
+        for status, rate in calls:
+            log_access("GET", "/api/v1/sessions/me", status, 0.0123456, rate)
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    def test_the_line_has_the_production_shape(
+        self, request_id: str, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        (entry,) = self._lines(monkeypatch, (200, 1.0))
+        assert list(entry) == [
+            "time",
+            "level",
+            "logger",
+            "message",
+            "request_id",
+            "method",
+            "path",
+            "status",
+            "duration_ms",
+        ]
+        assert entry["request_id"] == "req-42"
+        assert (entry["status"], entry["duration_ms"]) == (200, 12.35)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", entry["time"])
+
+    def test_sampling_never_drops_an_error_line(
+        self, request_id: str, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        entries = self._lines(
+            monkeypatch, *[(200, 0.0)] * 50, (404, 0.0), (500, 0.0), (503, 0.0), (201, 1.0)
+        )
+        assert [entry["status"] for entry in entries] == [404, 500, 503, 201]
+        assert all(entry["request_id"] == "req-42" for entry in entries)
+
+    def test_a_sample_rate_keeps_about_that_share(
+        self, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        entries = self._lines(monkeypatch, *[(200, 0.25)] * 2000)
+        assert 300 < len(entries) < 700
+
+    def test_nothing_below_the_log_level(
+        self, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        stream = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        configure_logging("WARNING")
+        log_access("GET", "/healthz", 500, 0.001, 1.0)
+        assert stream.getvalue() == ""

@@ -51,6 +51,8 @@ class TestRefusals:
             ({"session_expiry_days": 0}, "SESSION_EXPIRY_DAYS"),
             ({"supabase_url": "not a url"}, "SUPABASE_URL"),
             ({"host": "example.com"}, "HOST"),
+            ({"events_max_stream_seconds": 0}, "EVENTS_MAX_STREAM_SECONDS"),
+            ({"events_cookie_name": "a;b"}, "EVENTS_COOKIE_NAME"),
         ],
     )
     def test_bad_value_fails_naming_the_setting(
@@ -62,6 +64,10 @@ class TestRefusals:
     def test_samesite_none_requires_secure(self) -> None:
         with pytest.raises(SettingsError, match="SESSION_COOKIE_SECURE"):
             _settings(session_cookie_samesite="none", session_cookie_secure=False)
+
+    def test_the_stream_cookie_cannot_take_the_session_cookies_name(self) -> None:
+        with pytest.raises(SettingsError, match="EVENTS_COOKIE_NAME"):
+            _settings(events_cookie_name="autopilot_session")
 
     def test_supabase_url_without_key_is_refused(self) -> None:
         with pytest.raises(SettingsError, match="SUPABASE_SERVICE_ROLE_KEY"):

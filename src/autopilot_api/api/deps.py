@@ -56,6 +56,7 @@ __all__ = [
     "SessionContext",
     "UserContext",
     "clear_session_cookie",
+    "set_event_stream_cookie",
     "get_current_user",
     "get_current_user_or_session",
     "get_session_cookie",
@@ -63,6 +64,8 @@ __all__ = [
 ]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Our tokens are 64 characters; a longer cookie value is not ours.
+MAX_CREDENTIAL_CHARS = 128
 UNMATCHABLE_VERSION = -1
 
 # The attributes that never change; name, Secure and SameSite come from Settings.
@@ -202,7 +205,9 @@ ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 
 
 async def get_event_service(state: AppStateDep) -> EventService:
-    return EventService(state.supabase, state.settings, streams=state.stream_registry())
+    return EventService(
+        state.supabase, state.settings, bus=state.bus, streams=state.stream_registry()
+    )
 
 
 EventServiceDep = Annotated[EventService, Depends(get_event_service)]
@@ -273,6 +278,30 @@ def clear_session_cookie(response: Response, settings: Settings) -> None:
     )
 
 
+async def get_event_stream_cookie(request: Request, settings: SettingsDep) -> str | None:
+    """The stream credential a ticket-opened EventSource presents when it reconnects."""
+    value = request.cookies.get(settings.events_cookie_name)
+    return value if value and len(value) <= MAX_CREDENTIAL_CHARS else None
+
+
+EventStreamCookie = Annotated[str | None, Depends(get_event_stream_cookie)]
+
+
+def set_event_stream_cookie(
+    response: Response, settings: Settings, *, path: str, credential: str, expires_at: str
+) -> None:
+    """HttpOnly, sent only to the events URL; SameSite and Secure as the session cookie."""
+    response.set_cookie(
+        key=settings.events_cookie_name,
+        value=credential,
+        max_age=_remaining_seconds(expires_at),
+        path=path,
+        secure=settings.session_cookie_secure,
+        samesite=settings.session_cookie_samesite,
+        httponly=True,
+    )
+
+
 def _clear_cookie_everywhere(response: Response, settings: Settings) -> None:
     # Also on error responses: the error handler reads this flag.
     clear_session_cookie(response, settings)
@@ -309,7 +338,7 @@ async def _verify_user(token: str, verifier: TokenVerifier) -> UserContext:
         email=verified.email,
         is_anonymous=verified.is_anonymous,
         app_role=verified.app_role,
-        expires_at=float(verified.claims["exp"]),
+        expires_at=datetime.fromtimestamp(verified.claims["exp"], UTC),
     )
 
 
@@ -543,7 +572,9 @@ ReadOwnerDep = Annotated[Owner, Depends(get_read_owner)]
 
 async def get_search_session_service(state: AppStateDep) -> SearchSessionService:
     return SearchSessionService(
-        state.supabase, idempotency_ttl_seconds=state.settings.idempotency_key_ttl_seconds
+        state.supabase,
+        idempotency_ttl_seconds=state.settings.idempotency_key_ttl_seconds,
+        max_ids=state.settings.search_session_max_ids,
     )
 
 

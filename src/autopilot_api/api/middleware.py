@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 import uuid
@@ -11,11 +10,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from autopilot_api.api.error_handlers import unhandled_error_response
+from autopilot_api.core.logging import log_access
 from autopilot_api.core.metrics import REQUEST_SECONDS, REQUESTS
 from autopilot_api.core.request_context import clear_cookie_var, request_id_var
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
-access_logger = logging.getLogger("autopilot_api.access")
 
 
 def _route_template(scope: Scope) -> str:
@@ -37,8 +36,9 @@ class RequestIdMiddleware:
     request: the path without its query string (tickets travel there) and no headers.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, access_log_sample_rate: float = 1.0) -> None:
         self.app = app
+        self.access_log_sample_rate = access_log_sample_rate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,16 +77,7 @@ class RequestIdMiddleware:
             template = _route_template(scope)
             REQUESTS.labels(scope["method"], template, str(status)).inc()
             REQUEST_SECONDS.labels(template).observe(elapsed)
-            if access_logger.isEnabledFor(logging.INFO):
-                access_logger.info(
-                    "request",
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                    },
-                )
+            log_access(scope["method"], scope["path"], status, elapsed, self.access_log_sample_rate)
             request_id_var.reset(token)
             clear_cookie_var.reset(cookie_token)
 

@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     postgrest_max_restarts: int = Field(default=5, ge=0, le=100)
     data_plane_timeout_seconds: float = Field(default=10.0, gt=0)
     idempotency_key_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
+    search_session_max_ids: int = Field(default=100_000, ge=1, le=1_000_000)
 
     # --- model ------------------------------------------------------------------------
     openai_api_key: str | None = None
@@ -82,7 +83,10 @@ class Settings(BaseSettings):
     events_retry_ms: int = Field(default=3000, ge=0)
     events_max_streams: int = Field(default=2000, ge=1)
     events_max_streams_per_subject: int = Field(default=10, ge=1)
+    events_max_stream_seconds: int = Field(default=600, ge=1, le=86_400)
+    events_cookie_name: str = Field(default="autopilot_events", pattern=r"^[A-Za-z0-9_\-]+$")
     event_ticket_ttl_seconds: int = Field(default=30, ge=5, le=600)
+    audit_event_retention_days: int = Field(default=90, ge=1, le=3650)
     admin_active_minutes: int = Field(default=15, ge=1)
 
     # --- scaling out ------------------------------------------------------------------
@@ -96,10 +100,15 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: int = Field(default=10, ge=0, le=300)
     keepalive_timeout_seconds: int = Field(default=75, ge=1, le=3600)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=16384, ge=1024, le=1024 * 1024)
+    header_read_timeout_seconds: float = Field(default=10, gt=0, le=15)
+    # 0: three quarters of the process's soft `ulimit -n` (core/http_limits.py).
+    max_connections: int = Field(default=0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_token: SecretStr | None = None
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    access_log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
 
     # --- anonymous sessions ----------------------------------------------------------
     session_cookie_name: str = Field(default="autopilot_session", pattern=r"^[A-Za-z0-9_\-]+$")
@@ -109,6 +118,8 @@ class Settings(BaseSettings):
     session_create_limit_per_hour: int = Field(default=30, ge=1)
     session_cleanup_interval_seconds: int = Field(default=3600, ge=0)
     session_cleanup_batch_size: int = Field(default=500, ge=1, le=10_000)
+    session_metadata_max_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)
+    session_write_limit_per_minute: int = Field(default=120, ge=1)
     trusted_proxy_ips: CommaList = Field(default_factory=list)
 
     @field_validator("cors_origins", "trusted_proxy_ips", "supabase_jwt_secrets", mode="before")
@@ -170,6 +181,8 @@ class Settings(BaseSettings):
                 "SESSION_COOKIE_SAMESITE=none requires SESSION_COOKIE_SECURE=true "
                 "(browsers drop SameSite=None cookies that are not Secure)"
             )
+        if self.events_cookie_name == self.session_cookie_name:
+            raise ValueError("EVENTS_COOKIE_NAME must differ from SESSION_COOKIE_NAME")
         if self.supabase_url and not self.supabase_service_role_key:
             raise ValueError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
         if self.metrics_port is not None and self.metrics_port == self.port:
@@ -229,6 +242,17 @@ class Settings(BaseSettings):
                 "SUPABASE_URL is not set and LOCAL_MODE is off: refusing to start. "
                 "Set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY for a hosted project, "
                 "or run `make run` (LOCAL_MODE=true) for the local data plane."
+            )
+
+    def require_shared_state_for_workers(self) -> None:
+        """Several workers need Redis: without it each keeps its own wake-ups, rate limits,
+        stream caps and metrics, and a write through one reaches the streams held by
+        another only at that stream's next heartbeat."""
+        if self.workers > 1 and not self.redis_url:
+            raise SettingsError(
+                f"WORKERS={self.workers} without REDIS_URL: refusing to start. Each worker "
+                "would keep its own live-event wake-ups, rate limits and stream caps. Set "
+                "REDIS_URL (one Redis for all workers), or serve with WORKERS=1."
             )
 
 

@@ -250,3 +250,14 @@ class SessionInactiveError(ConflictError):
 class IdsNotDiscoveredError(ValidationFailedError):
     code = "ids_not_discovered"
     default_message = "Some ids were never discovered in this search session."
+
+
+class MetadataTooLargeError(ValidationFailedError):
+    # 422, not 413: the request itself is small; what it would leave stored breaks a rule.
+    code = "metadata_too_large"
+    default_message = "The session's metadata would exceed its size limit."
+
+
+class SearchSessionFullError(ValidationFailedError):
+    code = "search_session_full"
+    default_message = "This search session holds as many discovered ids as it may."

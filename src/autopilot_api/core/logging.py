@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 import sys
 from datetime import UTC, datetime
@@ -16,20 +17,40 @@ from autopilot_api.core.request_context import request_id_var
 AUDIT = 25
 logging.addLevelName(AUDIT, "AUDIT")
 
+# A record made by log_access carries its fields here, so formatters need not sift them out.
+_FIELDS = "_fields"
 # Attributes every LogRecord has; anything else was passed with `extra=` and is kept.
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", _FIELDS}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    fields = record.__dict__.get(_FIELDS)
+    if fields is not None:
+        return fields  # type: ignore[no-any-return]
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
 class JsonFormatter(logging.Formatter):
+    # The ISO time up to the seconds, for the last second seen (lines come many per second).
+    _second = -1
+    _second_text = ""
+
+    def _time(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        return f"{self._second_text}.{int((created - second) * 1_000_000):06d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": request_id_var.get(),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        entry.update(_extras(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
@@ -83,9 +104,7 @@ class ConsoleFormatter(logging.Formatter):
         if request_id != "-":
             pairs.append(("request_id", request_id))
         pairs += [
-            (key, value)
-            for key, value in record.__dict__.items()
-            if key not in _STANDARD and key not in _CONSOLE_SKIPPED
+            (key, value) for key, value in _extras(record).items() if key not in _CONSOLE_SKIPPED
         ]
         fields = " ".join(
             f"{_DIM}{key}={_RESET}{_console_value(value)}"
@@ -131,3 +150,25 @@ def configure_logging(level: str, log_format: str = "json") -> None:
     uvicorn_access.disabled = True
     # httpx logs every request URL at INFO: noise on the hot path.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+ACCESS_LOGGER = "autopilot_api.access"
+_access_logger = logging.getLogger(ACCESS_LOGGER)
+
+
+def log_access(method: str, path: str, status: int, seconds: float, sample_rate: float) -> None:
+    """The one access line of a request: every error (status >= 400), and that share of the
+    others (ACCESS_LOG_SAMPLE_RATE). Made directly, without the stack walk and `extra=`
+    checks of `Logger.info`: it is written for every request."""
+    if status < 400 and sample_rate < 1.0 and random.random() >= sample_rate:  # noqa: S311
+        return
+    if not _access_logger.isEnabledFor(logging.INFO):
+        return
+    record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "request", None, None)
+    record._fields = {  # the extras, in the order they are written
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+    }
+    _access_logger.handle(record)

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
-from httpx_aiohttp import HttpxAiohttpClient
+from httpx_aiohttp import AiohttpTransport
 from postgrest.exceptions import APIError
 from supabase import AsyncClient, AsyncClientOptions
 from yarl import URL
@@ -78,6 +79,46 @@ def open_data_plane(settings: Settings) -> OpenDataPlane:
     return OpenDataPlane(endpoint, local_settings, plane.stop, plane.problem)
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie store that neither keeps nor sends anything: PostgREST sets no cookies, and
+    httpx would otherwise wrap every response (and request) for urllib's cookie jar."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
+class DataPlaneHttpClient(httpx.AsyncClient):
+    """httpx's API over aiohttp (httpx-aiohttp's transport), without cookie handling."""
+
+    _no_cookies = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, cookies: Any) -> None:
+        return None
+
+
+def _aiohttp_session(limits: httpx.Limits) -> Callable[[], aiohttp.ClientSession]:
+    """The aiohttp session beneath, made on first use (inside the event loop), jar-less."""
+
+    def make() -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=limits.max_connections or 0,
+            keepalive_timeout=limits.keepalive_expiry,
+            # What httpx-aiohttp's own session verifies against (certifi's roots).
+            ssl=httpx.create_ssl_context(),
+        )
+        return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+    return make
+
+
 def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> AsyncClient:
     """Build the shared client for our schema, pointing at the REST layer directly.
 
@@ -87,9 +128,10 @@ def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> A
     timeout = httpx.Timeout(settings.data_plane_timeout_seconds, connect=3.0)
     # httpx's own transport was the bottleneck on the hot path; the aiohttp-backed one
     # keeps the httpx API (and maps errors to httpx's) at several times the throughput.
-    http_client = HttpxAiohttpClient(
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=100)
+    http_client = DataPlaneHttpClient(
         timeout=timeout,
-        limits=httpx.Limits(max_connections=200, max_keepalive_connections=100),
+        transport=AiohttpTransport(limits=limits, client=_aiohttp_session(limits)),
     )
     options = AsyncClientOptions(
         schema=settings.db_schema,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 from autopilot_api.models.session import ResolvedSession
@@ -14,8 +15,8 @@ class UserContext:
     email: str | None
     is_anonymous: bool
     app_role: str | None
-    # The bearer token's exp (Unix seconds): what the caller may hold open ends with it.
-    expires_at: float | None = None
+    # The access token's exp: what is derived from the token (event tickets) ends with it.
+    expires_at: datetime | None = None
 
     @property
     def is_admin(self) -> bool:

@@ -45,5 +45,8 @@ class CleanupResult(CamelModel):
 
 
 class EventTicketPublic(CamelModel):
-    ticket: str = Field(description="Single use; pass as ?ticket= to GET /api/v1/events.")
+    ticket: str = Field(
+        description="Pass as ?ticket= to GET /api/v1/events, before expiresAt. Its first use "
+        "sets the stream cookie; the same URL then reconnects only with that cookie."
+    )
     expires_at: datetime

@@ -133,8 +133,10 @@ class ProgressUpdate(CamelInput):
 class SessionUpdate(ProgressUpdate):
     metadata: dict[str, Any] | SkipJsonSchema[None] = Field(
         default=None,
-        description="Merged key by key into the session's metadata; at most "
-        f"{MAX_METADATA_BYTES} bytes as JSON.",
+        description="Merged key by key into the session's metadata; a key set to null is "
+        f"removed. At most {MAX_METADATA_BYTES} bytes as JSON per update; the merged whole "
+        "is capped too (SESSION_METADATA_MAX_BYTES): past it the PUT is refused with 422 "
+        "metadata_too_large and nothing is stored.",
     )
 
     @field_validator("metadata", mode="before")

@@ -20,6 +20,9 @@ EventType = Literal[
     "extraction.completed",
     "deleted",
     "expired",
+    # Not stored: sent instead of a silent gap when Last-Event-ID is older than the
+    # retained history (AUDIT_EVENT_RETENTION_DAYS); the client reloads its state.
+    "reset",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 

@@ -44,9 +44,12 @@ class KeyedOutcome:
 
 
 class SearchSessionService:
-    def __init__(self, supabase: AsyncClient, *, idempotency_ttl_seconds: int) -> None:
+    def __init__(
+        self, supabase: AsyncClient, *, idempotency_ttl_seconds: int, max_ids: int
+    ) -> None:
         self._supabase = supabase
         self._idempotency_ttl_seconds = idempotency_ttl_seconds
+        self._max_ids = max_ids
 
     async def _keyed_call(
         self, function: str, owner: Owner, idempotency_key: str | None, **params: Any
@@ -97,7 +100,10 @@ class SearchSessionService:
         self, *, owner: Owner, session_id: str, ids: list[int]
     ) -> dict[str, Any]:
         return cast(
-            dict[str, Any], await self._call("add_discovered_ids", owner, id=session_id, ids=ids)
+            dict[str, Any],
+            await self._call(
+                "add_discovered_ids", owner, id=session_id, ids=ids, max_ids=self._max_ids
+            ),
         )
 
     async def mark_fetched(

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_\-]{64}$")
 SESSION_CREATE_WINDOW_SECONDS = 3600
+SESSION_WRITE_WINDOW_SECONDS = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +142,12 @@ class SessionService:
         # Validated before anything is written: an invalid update creates no session either.
         patch = build_progress_patch(update)
         if token is not None and _TOKEN_SHAPE.match(token):
+            # Keyed by the token's hash: the raw token never goes into a Redis key.
+            await self._rate_limiter.hit(
+                key=f"session-write:{hash_session_token(token)}",
+                limit=self._settings.session_write_limit_per_minute,
+                window_seconds=SESSION_WRITE_WINDOW_SECONDS,
+            )
             row = await self._apply_update(
                 "update_session_by_token",
                 {
@@ -181,7 +188,12 @@ class SessionService:
             row = await call_rpc(
                 self._supabase,
                 function,
-                {**target, "p_patch": patch, "p_expected_version": expected_version},
+                {
+                    **target,
+                    "p_patch": patch,
+                    "p_expected_version": expected_version,
+                    "p_metadata_max_bytes": self._settings.session_metadata_max_bytes,
+                },
             )
         except InvalidPhaseTransitionError:
             logger.warning("phase transition refused: to=%s", phase)
@@ -234,7 +246,8 @@ class SessionService:
         self, *, batch_size: int = 500, max_batches: int | None = None
     ) -> int:
         """Delete expired unclaimed sessions in batches (one transaction each), then expired
-        Idempotency-Keys the same way; returns the number of sessions deleted."""
+        Idempotency-Keys and audit events past their retention the same way; returns the
+        number of sessions deleted."""
         total = await self._delete_in_batches(
             "cleanup_expired_sessions", batch_size=batch_size, max_batches=max_batches
         )
@@ -245,15 +258,25 @@ class SessionService:
         )
         if keys:
             logger.info("expired idempotency keys deleted: %d", keys)
+        events = await self._delete_in_batches(
+            "cleanup_old_session_events",
+            batch_size=batch_size,
+            max_batches=max_batches,
+            p_retention_days=self._settings.audit_event_retention_days,
+        )
+        if events:
+            logger.info("audit events past retention deleted: %d", events)
         return total
 
     async def _delete_in_batches(
-        self, function: str, *, batch_size: int, max_batches: int | None
+        self, function: str, *, batch_size: int, max_batches: int | None, **params: Any
     ) -> int:
         total = 0
         batches = 0
         while max_batches is None or batches < max_batches:
-            deleted = int(await call_rpc(self._supabase, function, {"p_batch_size": batch_size}))
+            deleted = int(
+                await call_rpc(self._supabase, function, {"p_batch_size": batch_size, **params})
+            )
             total += deleted
             batches += 1
             if deleted < batch_size:

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.sse import format_sse_event
 
-from autopilot_api.api.deps import CurrentAuth, CurrentUser, EventServiceDep, SettingsDep
+from autopilot_api.api.deps import (
+    CurrentAuth,
+    CurrentUser,
+    EventServiceDep,
+    EventStreamCookie,
+    SettingsDep,
+    set_event_stream_cookie,
+)
 from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.openapi import (
     BEARER,
@@ -24,20 +32,21 @@ from autopilot_api.core.errors import AppError, UnauthorizedError
 from autopilot_api.schemas.admin import EventTicketPublic
 from autopilot_api.schemas.common import ErrorResponse, error_responses
 from autopilot_api.schemas.events import EVENT_TYPES, SessionEventPublic
-from autopilot_api.services.event_service import EventSubject
+from autopilot_api.services.event_service import EventSubject, TicketGrant
 
 router = APIRouter(tags=["events"], route_class=JSONBodyRoute)
 
 
 @router.post(
     "/ticket",
-    summary="A short-lived, single-use ticket for EventSource clients",
+    summary="A short-lived ticket for opening an EventSource",
     status_code=status.HTTP_201_CREATED,
     responses=error_responses(401, 503),
     openapi_extra=SIGNED_IN,
 )
 async def issue_ticket(user: CurrentUser, events: EventServiceDep) -> EventTicketPublic:
-    """EventSource cannot send Authorization: trade the bearer token for a URL ticket."""
+    """EventSource cannot send Authorization: trade the bearer token for a URL ticket (first
+    use opens the stream and sets the cookie with which the same URL may reconnect)."""
     ticket, expires_at = await events.issue_ticket(user=user)
     return EventTicketPublic.model_validate({"ticket": ticket, "expires_at": expires_at})
 
@@ -52,7 +61,11 @@ async def issue_ticket(user: CurrentUser, events: EventServiceDep) -> EventTicke
         200: sse_response(
             "The caller's audit events as server-sent events (`id:` = the event id, "
             "`event:` = its type), replayed after Last-Event-ID and then live; heartbeat "
-            "comments between them, and a `retry:` hint first.",
+            "comments between them, and a `retry:` hint first. The stream ends after "
+            "EVENTS_MAX_STREAM_SECONDS (or when the access token that opened it expires); "
+            "reconnect with Last-Event-ID. With a ticket, its first use sets an HttpOnly "
+            "stream cookie (Path = this URL's path): a reconnect to the same URL is accepted "
+            "with the spent ticket and that cookie only.",
             [
                 SseEvent(
                     EVENT_TYPES,
@@ -72,37 +85,55 @@ async def issue_ticket(user: CurrentUser, events: EventServiceDep) -> EventTicke
     openapi_extra=security(BEARER, SESSION_COOKIE, EVENT_TICKET),
 )
 async def stream_events(
+    request: Request,
     auth: CurrentAuth,
     events: EventServiceDep,
     settings: SettingsDep,
+    stream_cookie: EventStreamCookie,
     ticket: Annotated[str | None, Query(max_length=128, description="From POST /ticket.")] = None,
     last_event_id: Annotated[
         int | None,
         # Event ids are Postgres bigints: a larger one could only fail inside the stream.
         Header(alias="Last-Event-ID", ge=0, le=2**63 - 1, description="Resume after this id."),
     ] = None,
+    last_event_id_query: Annotated[
+        int | None,
+        Query(
+            alias="lastEventId",
+            ge=0,
+            description="Resume after this id when no Last-Event-ID header is sent: for a new "
+            "EventSource (e.g. with a new ticket after a token refresh), which cannot send it.",
+        ),
+    ] = None,
 ) -> DisconnectAwareEventSourceResponse:
     """Replays what was missed after Last-Event-ID, then streams live."""
+    # The header wins: a browser reconnecting to this URL sends the newer id in it.
+    resume_after = last_event_id if last_event_id is not None else last_event_id_query
+    grant: TicketGrant | None = None
+    not_after: datetime | None
     if ticket is not None:
-        subject = EventSubject("profile", await events.consume_ticket(ticket=ticket))
+        grant = await events.open_with_ticket(ticket=ticket, credential=stream_cookie)
+        subject = EventSubject("profile", grant.profile_id)
+        not_after = grant.not_after
     elif auth.user is not None:
         subject = EventSubject("profile", auth.user.id)
+        not_after = auth.user.expires_at
     elif auth.session is not None:
         subject = EventSubject("session", auth.session.session_id)
+        not_after = None
     else:
         raise UnauthorizedError("Send the session cookie, a bearer token or a ticket.")
-    # The stream ends with the bearer token it was opened with (or the ticket was traded for).
-    if ticket is not None:
-        expires_at = events.ticket_expiry(ticket)
-    else:
-        expires_at = auth.user.expires_at if auth.user is not None else None
-    frames = events.frames(subject=subject, last_event_id=last_event_id, expires_at=expires_at)
+    first_frames = events.frames(subject=subject, last_event_id=resume_after, not_after=not_after)
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            async for frame in frames:
+            async for frame in first_frames:
                 if frame.kind == "ready":
-                    yield format_sse_event(comment="connected", retry=settings.events_retry_ms)
+                    # An id with no data sets the browser's last event id without an
+                    # event: a stream dropped before its first event resumes from here.
+                    yield format_sse_event(
+                        comment="connected", id=str(frame.cursor), retry=settings.events_retry_ms
+                    )
                 elif frame.kind == "heartbeat":
                     yield sse_comment("heartbeat")
                 elif frame.event is not None:
@@ -112,8 +143,14 @@ async def stream_events(
         except AppError as exc:
             # The client reconnects with Last-Event-ID and loses nothing.
             yield sse_event("error", exc.envelope())
-        finally:
-            # Leaves the subject's feed even when cancelled between two frames.
-            await frames.aclose()
 
-    return DisconnectAwareEventSourceResponse(body())
+    stream = DisconnectAwareEventSourceResponse(body())
+    if grant is not None:
+        set_event_stream_cookie(
+            stream,
+            settings,
+            path=request.url.path,
+            credential=grant.credential,
+            expires_at=grant.credential_expires_at,
+        )
+    return stream
