@@ -45,6 +45,7 @@ bench: $(UV)
 ## The long reliability runs: schemathesis with 200 examples per operation.
 check-reliability: install
 	FUZZ_EXAMPLES=200 FUZZ_SEED= $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
+	EVENTS_SCALE=1 $(PY) -m pytest -q -s tests/integration/test_event_streams_at_scale.py
 	$(PY) -m bench.storage_bounds
 	SERVER_LIMITS_HEAVY=1 $(PY) -m pytest -q -s tests/integration/test_server_limits_heavy.py
 

@@ -99,6 +99,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
     finally:
         gc.unfreeze()
         await stop_background_task(cleanup_task)
+        if state.streams is not None:
+            await state.streams.close()
         await state.bus.close()
         await state.rate_limiter.close()
         await close_supabase_client(supabase)

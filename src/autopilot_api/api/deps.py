@@ -205,7 +205,9 @@ ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 
 
 async def get_event_service(state: AppStateDep) -> EventService:
-    return EventService(state.supabase, state.settings, bus=state.bus)
+    return EventService(
+        state.supabase, state.settings, bus=state.bus, streams=state.stream_registry()
+    )
 
 
 EventServiceDep = Annotated[EventService, Depends(get_event_service)]

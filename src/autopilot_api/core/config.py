@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     recovery_window_days: int = Field(default=7, ge=1)
     events_heartbeat_seconds: float = Field(default=15.0, gt=0)
     events_retry_ms: int = Field(default=3000, ge=0)
+    events_max_streams: int = Field(default=2000, ge=1)
+    events_max_streams_per_subject: int = Field(default=10, ge=1)
     events_max_stream_seconds: int = Field(default=600, ge=1, le=86_400)
     events_cookie_name: str = Field(default="autopilot_events", pattern=r"^[A-Za-z0-9_\-]+$")
     event_ticket_ttl_seconds: int = Field(default=30, ge=5, le=600)

@@ -40,6 +40,10 @@ REQUEST_SECONDS = Histogram(
 SESSIONS_CREATED = Counter("autopilot_sessions_created_total", "Anonymous sessions created.")
 CLAIMS = Counter("autopilot_claims_total", "Sessions claimed into a profile.")
 EXTRACTIONS = Counter("autopilot_extractions_total", "Profile extraction runs.", ["outcome"])
+EVENT_READS = Counter(
+    "autopilot_event_reads_total",
+    "Reads of new events by live-stream feeds (one per subject per wake-up, not per stream).",
+)
 MODEL_SECONDS = Histogram(
     "autopilot_model_call_seconds",
     "Time the chat model took to finish a reply.",

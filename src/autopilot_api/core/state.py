@@ -12,6 +12,7 @@ from supabase import AsyncClient
 from autopilot_api.core.config import Settings
 from autopilot_api.core.security import TokenVerifier
 from autopilot_api.services.event_bus import EventBus
+from autopilot_api.services.event_streams import StreamRegistry
 from autopilot_api.services.rate_limiter import RateLimiter
 
 
@@ -26,3 +27,15 @@ class AppState:
     bus: EventBus
     # Why a data plane this process started is down for good, or None (see /healthz).
     data_plane_problem: Callable[[], str | None] = field(default=lambda: None)
+    # The live event streams this process holds (made on first use when not given).
+    streams: StreamRegistry | None = None
+
+    def stream_registry(self) -> StreamRegistry:
+        if self.streams is None:
+            self.streams = StreamRegistry(
+                bus=self.bus,
+                heartbeat=self.settings.events_heartbeat_seconds,
+                max_streams=self.settings.events_max_streams,
+                max_per_subject=self.settings.events_max_streams_per_subject,
+            )
+        return self.streams

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
@@ -19,6 +20,7 @@ from autopilot_api.core.security import generate_session_token, hash_session_tok
 from autopilot_api.core.supabase import call_rpc, translate_data_plane_error
 from autopilot_api.models.auth import UserContext
 from autopilot_api.services.event_bus import EventBus, profile_subject, session_subject
+from autopilot_api.services.event_streams import StreamPlace, StreamRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 LATE_COMMIT_WINDOW = timedelta(seconds=30)
 FETCH_LIMIT = 500
 LIVE_EVENT_NAMES = {"extracted": "extraction.completed"}
+# After these a session's credential is gone (claimed into a profile, deleted, expired).
+SESSION_ENDING_EVENTS = frozenset({"claimed", "deleted", "expired"})
 # A stream credential outlives the longest stream by this much: room for the browser's
 # reconnect delay, or a restart of the service, before it presents the credential again.
 STREAM_CREDENTIAL_GRACE_SECONDS = 120
@@ -105,10 +109,13 @@ def reset_event(subject: EventSubject, *, resume_from: int, last_event_id: int) 
 
 
 class EventService:
-    def __init__(self, supabase: AsyncClient, settings: Settings, *, bus: EventBus) -> None:
+    def __init__(
+        self, supabase: AsyncClient, settings: Settings, *, bus: EventBus, streams: StreamRegistry
+    ) -> None:
         self._supabase = supabase
         self._settings = settings
         self._bus = bus
+        self._streams = streams
 
     @property
     def credential_ttl_seconds(self) -> int:
@@ -194,27 +201,54 @@ class EventService:
         """Events with an id at or below this may have been deleted by retention."""
         return int(await call_rpc(self._supabase, "event_history_floor", {}) or 0)
 
-    async def frames(
+    def frames(
         self,
         *,
         subject: EventSubject,
         last_event_id: int | None,
         not_after: datetime | None = None,
-    ) -> AsyncIterator[StreamFrame]:
+    ) -> AsyncGenerator[StreamFrame]:
+        """The stream's frames, counted against the instance's cap now (503 past it).
+
+        The place is given back when the stream ends, or when the generator is dropped
+        unstarted (a client gone before the first byte): the count never creeps up.
+        """
+        place = self._streams.reserve()
+        stream = self._frames(
+            subject=subject, place=place, last_event_id=last_event_id, not_after=not_after
+        )
+        weakref.finalize(stream, place.release)
+        return stream
+
+    async def _frames(
+        self,
+        *,
+        subject: EventSubject,
+        place: StreamPlace,
+        last_event_id: int | None,
+        not_after: datetime | None,
+    ) -> AsyncGenerator[StreamFrame]:
         """Replay after `last_event_id` (or start from now), then live; heartbeats between.
 
-        Every poll re-reads a short window and sends each id once, so an event that
-        commits after a higher id was sent is still delivered. The stream ends after
-        EVENTS_MAX_STREAM_SECONDS, and never outlives `not_after` (the access token that
-        allowed it): the client reconnects, and its identity is checked again.
+        The live part comes from the subject's shared feed (one read per wake-up for all its
+        streams here; it re-reads a short window so a late commit is still sent once). The
+        stream ends after EVENTS_MAX_STREAM_SECONDS, never outlives `not_after` (the access
+        token that allowed it), ends when a newer stream of its subject evicts it, and after
+        a session's terminal event (the client needs that event; the credential is gone).
         """
         heartbeat = self._settings.events_heartbeat_seconds
         lifetime = float(self._settings.events_max_stream_seconds)
         if not_after is not None:
             lifetime = min(lifetime, (not_after - datetime.now(UTC)).total_seconds())
         ends_at = time.monotonic() + lifetime
-        sent: dict[int, float] = {}
-        async with self._bus.subscribe(subject.key) as woken:
+        async with self._streams.join(
+            place=place,
+            key=subject.key,
+            fetch=lambda after: self._fetch(subject, after),
+            latest_id=lambda: self.latest_event_id(subject),
+        ) as (feed, slot):
+            # Joined before the replay reads: whatever commits after it reaches the queue.
+            position = feed.cursor
             reset = None
             if last_event_id is not None:
                 floor = await self.history_floor()
@@ -225,32 +259,54 @@ class EventService:
                         subject, resume_from=resume_from, last_event_id=last_event_id
                     )
                     last_event_id = resume_from
-            cursor = (
-                last_event_id if last_event_id is not None else await self.latest_event_id(subject)
-            )
-            sent_floor = cursor
-            yield StreamFrame("ready", cursor=cursor)
+            start = last_event_id if last_event_id is not None else position
+            replayed: set[int] = set()
+            yield StreamFrame("ready", cursor=start)
             if reset is not None:
                 yield StreamFrame("event", reset)
+            if last_event_id is not None:
+                after = last_event_id
+                while True:
+                    rows = await self._fetch(subject, after)
+                    for row in rows:
+                        event_id = int(row["id"])
+                        if event_id <= start or event_id in replayed:
+                            continue
+                        replayed.add(event_id)
+                        yield StreamFrame("event", public_event(row))
+                        if self._ends_stream(subject, row):
+                            return
+                    newest = max((int(r["id"]) for r in rows), default=after)
+                    if len(rows) < FETCH_LIMIT or newest <= after:
+                        break
+                    after = newest
             while True:
-                for row in await self._fetch(subject, cursor):
-                    event_id = int(row["id"])
-                    if event_id in sent or event_id <= sent_floor:
-                        continue
-                    sent[event_id] = time.monotonic()
-                    cursor = max(cursor, event_id)
-                    yield StreamFrame("event", public_event(row))
-                self._forget_old(sent)
                 left = ends_at - time.monotonic()
                 if left <= 0:
                     return
                 try:
-                    await asyncio.wait_for(woken.wait(), timeout=min(heartbeat, left))
-                    woken.clear()
+                    item = await asyncio.wait_for(slot.queue.get(), timeout=min(heartbeat, left))
                 except TimeoutError:
                     if time.monotonic() >= ends_at:
                         return
                     yield StreamFrame("heartbeat")
+                    continue
+                if item.kind == "evicted":
+                    return
+                if item.kind == "error":
+                    assert item.error is not None
+                    raise item.error
+                assert item.event is not None
+                event_id = int(item.event["id"])
+                if event_id <= start or event_id in replayed:
+                    continue
+                yield StreamFrame("event", public_event(item.event))
+                if self._ends_stream(subject, item.event):
+                    return
+
+    @staticmethod
+    def _ends_stream(subject: EventSubject, row: dict[str, Any]) -> bool:
+        return subject.kind == "session" and row["event_type"] in SESSION_ENDING_EVENTS
 
     @staticmethod
     def _forget_old(sent: dict[int, float]) -> None:
