@@ -73,37 +73,44 @@ SESSION_COOKIE_CONFIG: dict[str, Any] = {"httponly": True, "path": "/"}
 
 
 # --- lifespan state -----------------------------------------------------------------------
-async def get_app_state(request: Request) -> AppState:
+# Every provider reads the state from the request itself rather than depending on a
+# state node: FastAPI solves each node of the tree on every request (a cached one too),
+# and a nested node costs more than the attribute read it wraps.
+def app_state(request: Request) -> AppState:
     state: AppState = request.state.app_state
     return state
+
+
+async def get_app_state(request: Request) -> AppState:
+    return app_state(request)
 
 
 AppStateDep = Annotated[AppState, Depends(get_app_state)]
 
 
-async def get_settings_dep(state: AppStateDep) -> Settings:
-    return state.settings
+async def get_settings_dep(request: Request) -> Settings:
+    return app_state(request).settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-async def get_supabase(state: AppStateDep) -> AsyncClient:
-    return state.supabase
+async def get_supabase(request: Request) -> AsyncClient:
+    return app_state(request).supabase
 
 
 SupabaseDep = Annotated[AsyncClient, Depends(get_supabase)]
 
 
-async def get_token_verifier(state: AppStateDep) -> TokenVerifier:
-    return state.token_verifier
+async def get_token_verifier(request: Request) -> TokenVerifier:
+    return app_state(request).token_verifier
 
 
 TokenVerifierDep = Annotated[TokenVerifier, Depends(get_token_verifier)]
 
 
-async def get_rate_limiter(state: AppStateDep) -> RateLimiter:
-    return state.rate_limiter
+async def get_rate_limiter(request: Request) -> RateLimiter:
+    return app_state(request).rate_limiter
 
 
 RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
@@ -122,15 +129,14 @@ MetricsAccess = Depends(require_metrics_access)
 
 
 # --- services -----------------------------------------------------------------------------
-async def get_health_service(state: AppStateDep) -> HealthService:
+async def get_health_service(request: Request) -> HealthService:
+    state = app_state(request)
     return HealthService(state.supabase, data_plane_problem=state.data_plane_problem)
 
 
 HealthServiceDep = Annotated[HealthService, Depends(get_health_service)]
 
 
-# Service construction reads the lifespan state directly: every dependency node costs
-# FastAPI tens of microseconds per request, and these sit on the hot path.
 def discovery_profile_service(state: AppState) -> DiscoveryProfileService:
     return DiscoveryProfileService(state.supabase, bus=state.bus)
 
@@ -145,8 +151,8 @@ def session_service(state: AppState) -> SessionService:
     )
 
 
-async def get_discovery_profile_service(state: AppStateDep) -> DiscoveryProfileService:
-    return discovery_profile_service(state)
+async def get_discovery_profile_service(request: Request) -> DiscoveryProfileService:
+    return discovery_profile_service(app_state(request))
 
 
 DiscoveryProfileServiceDep = Annotated[
@@ -154,30 +160,38 @@ DiscoveryProfileServiceDep = Annotated[
 ]
 
 
-async def get_session_service(state: AppStateDep) -> SessionService:
-    return session_service(state)
+async def get_session_service(request: Request) -> SessionService:
+    return session_service(app_state(request))
 
 
 SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
 
 
-async def get_conversation_service(supabase: SupabaseDep) -> ConversationService:
-    return ConversationService(supabase)
+async def get_conversation_service(request: Request) -> ConversationService:
+    return ConversationService(app_state(request).supabase)
 
 
 ConversationServiceDep = Annotated[ConversationService, Depends(get_conversation_service)]
 
 
-async def get_agent_service(
-    state: AppStateDep, sessions: SessionServiceDep, profiles: DiscoveryProfileServiceDep
-) -> AgentService:
-    return AgentService(state.openai, state.settings, sessions=sessions, profiles=profiles)
+def agent_service(state: AppState) -> AgentService:
+    return AgentService(
+        state.openai,
+        state.settings,
+        sessions=session_service(state),
+        profiles=discovery_profile_service(state),
+    )
+
+
+async def get_agent_service(request: Request) -> AgentService:
+    return agent_service(app_state(request))
 
 
 AgentServiceDep = Annotated[AgentService, Depends(get_agent_service)]
 
 
-async def get_profile_extraction_service(state: AppStateDep) -> ProfileExtractionService:
+async def get_profile_extraction_service(request: Request) -> ProfileExtractionService:
+    state = app_state(request)
     return ProfileExtractionService(state.openai, state.settings, state.supabase, bus=state.bus)
 
 
@@ -186,17 +200,13 @@ ProfileExtractionServiceDep = Annotated[
 ]
 
 
-async def get_chat_service(
-    state: AppStateDep,
-    conversations: ConversationServiceDep,
-    agent: AgentServiceDep,
-    profiles: DiscoveryProfileServiceDep,
-) -> ChatService:
+async def get_chat_service(request: Request) -> ChatService:
+    state = app_state(request)
     return ChatService(
         state.settings,
-        conversations=conversations,
-        agent=agent,
-        profiles=profiles,
+        conversations=ConversationService(state.supabase),
+        agent=agent_service(state),
+        profiles=discovery_profile_service(state),
         rate_limiter=state.rate_limiter,
     )
 
@@ -204,7 +214,8 @@ async def get_chat_service(
 ChatServiceDep = Annotated[ChatService, Depends(get_chat_service)]
 
 
-async def get_event_service(state: AppStateDep) -> EventService:
+async def get_event_service(request: Request) -> EventService:
+    state = app_state(request)
     return EventService(
         state.supabase, state.settings, bus=state.bus, streams=state.stream_registry()
     )
@@ -213,7 +224,8 @@ async def get_event_service(state: AppStateDep) -> EventService:
 EventServiceDep = Annotated[EventService, Depends(get_event_service)]
 
 
-async def get_admin_service(state: AppStateDep) -> AdminService:
+async def get_admin_service(request: Request) -> AdminService:
+    state = app_state(request)
     return AdminService(state.supabase, state.settings)
 
 
@@ -229,8 +241,12 @@ def _is_trusted_proxy(host: str, settings: Settings) -> bool:
     return any(address in network for network in settings.trusted_proxy_networks)
 
 
-async def get_client_ip(request: Request, settings: SettingsDep) -> str:
+async def get_client_ip(request: Request) -> str:
     """The peer address; forwarding headers count only when the peer is a trusted proxy."""
+    return client_ip(request, app_state(request).settings)
+
+
+def client_ip(request: Request, settings: Settings) -> str:
     peer = request.client.host if request.client else "unknown"
     if not settings.trusted_proxy_networks or not _is_trusted_proxy(peer, settings):
         return peer
@@ -278,9 +294,9 @@ def clear_session_cookie(response: Response, settings: Settings) -> None:
     )
 
 
-async def get_event_stream_cookie(request: Request, settings: SettingsDep) -> str | None:
+async def get_event_stream_cookie(request: Request) -> str | None:
     """The stream credential a ticket-opened EventSource presents when it reconnects."""
-    value = request.cookies.get(settings.events_cookie_name)
+    value = request.cookies.get(app_state(request).settings.events_cookie_name)
     return value if value and len(value) <= MAX_CREDENTIAL_CHARS else None
 
 
@@ -347,16 +363,17 @@ async def _optional_user(request: Request, verifier: TokenVerifier) -> UserConte
     return None if token is None else await _verify_user(token, verifier)
 
 
-async def get_optional_user(request: Request, verifier: TokenVerifierDep) -> UserContext | None:
+async def get_optional_user(request: Request) -> UserContext | None:
     """The bearer's verified user; None without an Authorization header; invalid → 401."""
-    return await _optional_user(request, verifier)
+    return await _optional_user(request, app_state(request).token_verifier)
 
 
 OptionalUser = Annotated[UserContext | None, Depends(get_optional_user)]
 
 
-async def get_current_user(user: OptionalUser) -> UserContext:
+async def get_current_user(request: Request) -> UserContext:
     """A verified Supabase user; 401 without a valid bearer token."""
+    user = await _optional_user(request, app_state(request).token_verifier)
     if user is None:
         raise UnauthorizedError(
             "This endpoint needs 'Authorization: Bearer <access token>'.",
@@ -413,11 +430,12 @@ async def get_current_user_or_session(request: Request, response: Response) -> A
 CurrentAuth = Annotated[AuthContext, Depends(get_current_user_or_session)]
 
 
-async def get_session_caller(request: Request, auth: CurrentAuth) -> AuthContext:
+async def get_session_caller(request: Request, response: Response) -> AuthContext:
     """/sessions/*: the caller, acting on the cookie's session also when signed in.
 
     A write through the cookie needs an allowed Origin, with a bearer beside it too.
     """
+    auth = await get_current_user_or_session(request, response)
     if auth.user is not None and auth.session is not None and request.method not in SAFE_METHODS:
         check_csrf_origin(request, request.state.app_state.settings)
     return auth
@@ -542,18 +560,18 @@ async def owned_conversation(
 OwnedConversation = Annotated[Conversation, Depends(owned_conversation)]
 
 
-async def get_write_owner(
-    request: Request,
-    response: Response,
-    auth: CurrentAuth,
-    settings: SettingsDep,
-    sessions: SessionServiceDep,
-    client_ip: ClientIpDep,
-) -> Owner:
+async def get_write_owner(request: Request, response: Response, auth: CurrentAuth) -> Owner:
     """A signed-in user owns what they create; otherwise the session (created if needed)."""
     if auth.user is not None:
         return Owner(user_id=auth.user.id, session_id=None)
-    session = await _get_or_create_session(auth, response, settings, sessions, client_ip)
+    state = app_state(request)
+    session = await _get_or_create_session(
+        auth,
+        response,
+        state.settings,
+        session_service(state),
+        client_ip(request, state.settings),
+    )
     return Owner(user_id=None, session_id=session.session_id)
 
 
@@ -570,7 +588,8 @@ async def get_read_owner(auth: CurrentAuth) -> Owner:
 ReadOwnerDep = Annotated[Owner, Depends(get_read_owner)]
 
 
-async def get_search_session_service(state: AppStateDep) -> SearchSessionService:
+async def get_search_session_service(request: Request) -> SearchSessionService:
+    state = app_state(request)
     return SearchSessionService(
         state.supabase,
         idempotency_ttl_seconds=state.settings.idempotency_key_ttl_seconds,
