@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +27,21 @@ def _route_template(scope: Scope) -> str:
     context = scope.get("fastapi", {}).get("effective_route_context")
     template = getattr(context, "path_format", None) or getattr(scope["route"], "path", "")
     return str(template) or "unmatched"
+
+
+# The labelled series, looked up once each: `labels()` takes a lock and builds its key
+# on every call. Methods and templates are bounded (routes; `unmatched` for the rest).
+_request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _count_request(method: str, template: str, status: int, seconds: float) -> None:
+    key = (method, template, status)
+    series = _request_series.get(key)
+    if series is None:
+        series = (REQUESTS.labels(method, template, str(status)), REQUEST_SECONDS.labels(template))
+        _request_series[key] = series
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 class RequestIdMiddleware:
@@ -75,8 +91,7 @@ class RequestIdMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             template = _route_template(scope)
-            REQUESTS.labels(scope["method"], template, str(status)).inc()
-            REQUEST_SECONDS.labels(template).observe(elapsed)
+            _count_request(scope["method"], template, status, elapsed)
             log_access(scope["method"], scope["path"], status, elapsed, self.access_log_sample_rate)
             request_id_var.reset(token)
             clear_cookie_var.reset(cookie_token)

@@ -301,13 +301,13 @@ class DataPlaneTransport(httpx.AsyncBaseTransport):
 
 def _serialize(request: httpx.Request, body: bytes) -> bytes:
     """The request as one write: request line, headers, body."""
-    parts = [request.method.encode("ascii"), b" ", request.url.raw_path, b" HTTP/1.1\r\n"]
-    for name, value in request.headers.raw:
-        if b"\r" in value or b"\n" in value or b"\r" in name or b"\n" in name:
-            raise httpx.LocalProtocolError("a header holds a line break", request=request)
-        parts += (name, b": ", value, b"\r\n")
-    parts += (b"\r\n", body)
-    return b"".join(parts)
+    lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    lines += [b"%s: %s" % pair for pair in request.headers.raw]
+    head = b"\r\n".join(lines)
+    # A line break inside a name or value would start a header (or a request) of its own.
+    if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
+        raise httpx.LocalProtocolError("a header holds a line break", request=request)
+    return b"%s\r\n\r\n%s" % (head, body)
 
 
 def transport_stats(transport: Any) -> dict[str, int]:

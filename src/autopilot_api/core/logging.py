@@ -30,6 +30,10 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
+# One encoder for every line: json.dumps(..., default=str) would build one per call.
+_ENCODER = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
     # The ISO time up to the seconds, for the last second seen (lines come many per second).
     _second = -1
@@ -53,7 +57,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(_extras(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 # Extras that only repeat the message for uvicorn's own coloured console.
@@ -136,6 +140,11 @@ def configure_logging(level: str, log_format: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Neither format writes thread or process names; without these every record (one
+    # access line per request) skips looking them up.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Console: Python warnings (pgserver's platformdirs has one) as events like the others,
     # not as bare lines between them. JSON output stays as it always was.
     logging.captureWarnings(log_format == "console")
