@@ -71,6 +71,11 @@ class SessionService:
     def _lifetime_seconds(self) -> int:
         return self._settings.session_cookie_max_age
 
+    @property
+    def settings(self) -> Settings:
+        """What it runs with; the routes set its cookie and recovery window from it."""
+        return self._settings
+
     async def create_session(
         self, *, client_ip: str, metadata: dict[str, Any] | None = None
     ) -> tuple[Session, str]:

@@ -13,7 +13,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from autopilot_api.api.deps import (
-    ClientIpDep,
     CurrentUser,
     IfMatchDep,
     SessionCaller,
@@ -21,6 +20,7 @@ from autopilot_api.api.deps import (
     SessionServiceDep,
     SettingsDep,
     clear_session_cookie,
+    client_ip,
     expected_version,
     set_etag,
     set_location,
@@ -61,14 +61,10 @@ _SIGNED_IN = (
     openapi_extra=security(NO_CREDENTIAL, SESSION_COOKIE),
 )
 async def create_session(
-    request: Request,
-    response: Response,
-    auth: SessionCaller,
-    sessions: SessionServiceDep,
-    settings: SettingsDep,
-    client_ip: ClientIpDep,
+    request: Request, response: Response, auth: SessionCaller, sessions: SessionServiceDep
 ) -> SessionResponse:
     """Sets the session cookie; a valid cookie returns its session; a bearer alone → 409."""
+    settings = sessions.settings
     if auth.session is not None:
         response.status_code = status.HTTP_200_OK
         set_etag(response, auth.session.session)
@@ -77,7 +73,7 @@ async def create_session(
         )
     if auth.user is not None:
         raise SignedInNoAnonymousSessionError()
-    created, token = await sessions.create_session(client_ip=client_ip)
+    created, token = await sessions.create_session(client_ip=client_ip(request, settings))
     set_session_cookie(response, settings, token=token, expires_at=created["expires_at"])
     clear_cookie_var.set(False)
     set_etag(response, created)
@@ -126,15 +122,14 @@ async def update_my_session(
     response: Response,
     caller: SessionCookieForWrite,
     sessions: SessionServiceDep,
-    settings: SettingsDep,
-    client_ip: ClientIpDep,
     if_match: IfMatchDep,
 ) -> SessionResponse:
     """Partial update of the cookie's session (also with a bearer); else creates one, or 409."""
+    settings = sessions.settings
     cookie = caller.cookie
     written = await sessions.write_progress(
         token=cookie,
-        client_ip=client_ip,
+        client_ip=client_ip(request, settings),
         update=update,
         expected_version=expected_version(if_match),
         require_existing=if_match is not None,
@@ -163,9 +158,10 @@ async def update_my_session(
     openapi_extra=security(SESSION_COOKIE, NO_CREDENTIAL),
 )
 async def complete_my_session(
-    auth: SessionCaller, response: Response, sessions: SessionServiceDep, settings: SettingsDep
+    auth: SessionCaller, response: Response, sessions: SessionServiceDep
 ) -> SessionResponse:
     """Only from greenlight (409 completion_not_allowed otherwise); idempotent."""
+    settings = sessions.settings
     if auth.session is None:
         raise SessionNotFoundError()
     completed = await sessions.complete_session(session_id=auth.session.session_id)
@@ -187,9 +183,10 @@ async def complete_my_session(
     openapi_extra=security(SESSION_COOKIE, NO_CREDENTIAL),
 )
 async def delete_my_session(
-    auth: SessionCaller, response: Response, sessions: SessionServiceDep, settings: SettingsDep
+    auth: SessionCaller, response: Response, sessions: SessionServiceDep
 ) -> None:
     """Deletes the session, its conversations and messages, and clears the cookie."""
+    settings = sessions.settings
     if auth.session is None:
         raise SessionNotFoundError()
     await sessions.delete_session(session_id=auth.session.session_id)
@@ -208,12 +205,12 @@ async def claim_session(
     user: CurrentUser,
     caller: SessionCookieForWrite,
     sessions: SessionServiceDep,
-    settings: SettingsDep,
     dry_run: Annotated[
         bool, Query(alias="dryRun", description="Return the merged profile, write nothing.")
     ] = False,
 ) -> SessionClaimResponse:
     """Needs a permanent user's bearer token and the session cookie; idempotent per user."""
+    settings = sessions.settings
     token = caller.cookie
     if token is None:
         raise SessionNotFoundError("No session cookie to claim.")
