@@ -33,6 +33,7 @@ from autopilot_api.models.auth import (
     Owner,
     SessionContext,
     SessionCookieWrite,
+    SessionProgressWrite,
     UserContext,
 )
 from autopilot_api.models.conversation import Conversation
@@ -445,9 +446,13 @@ SessionCaller = Annotated[AuthContext, Depends(get_session_caller)]
 
 
 async def get_session_cookie_for_write(request: Request, user: OptionalUser) -> SessionCookieWrite:
-    """The cookie a write acts on (PUT /sessions/me, the claim), unresolved, and the
-    bearer's user if any. CSRF-checked whenever a cookie is sent or may be set."""
-    settings: Settings = request.state.app_state.settings
+    """The cookie a write acts on (the claim), unresolved, and the bearer's user if any.
+    CSRF-checked whenever a cookie is sent or may be set."""
+    return _session_cookie_write(request, user)
+
+
+def _session_cookie_write(request: Request, user: UserContext | None) -> SessionCookieWrite:
+    settings = app_state(request).settings
     cookie = get_session_cookie(request, settings)
     if user is None or cookie is not None:
         check_csrf_origin(request, settings)
@@ -491,16 +496,21 @@ def etag_for(version: int) -> str:
     return f'"v{version}"'
 
 
-async def get_if_match(
-    if_match: Annotated[
-        str | None,
-        Header(
-            description='Optional: the ETag you read ("v<version>"), or *; stale → 412.',
-            pattern=IF_MATCH_PATTERN,
-        ),
-    ] = None,
-) -> int | Literal["*"] | None:
+IfMatchHeader = Annotated[
+    str | None,
+    Header(
+        description='Optional: the ETag you read ("v<version>"), or *; stale → 412.',
+        pattern=IF_MATCH_PATTERN,
+    ),
+]
+
+
+async def get_if_match(if_match: IfMatchHeader = None) -> int | Literal["*"] | None:
     """The version the client expects, '*' for any, or None when not given."""
+    return parse_if_match(if_match)
+
+
+def parse_if_match(if_match: str | None) -> int | Literal["*"] | None:
     if if_match is None:
         return None
     candidates = [part.strip() for part in if_match.split(",") if part.strip()]
@@ -516,6 +526,21 @@ async def get_if_match(
 
 
 IfMatchDep = Annotated[int | Literal["*"] | None, Depends(get_if_match)]
+
+
+async def get_session_progress_write(
+    request: Request, if_match: IfMatchHeader = None
+) -> SessionProgressWrite:
+    """PUT /sessions/me in one dependency node (the hottest write; FastAPI solves every
+    node on every request): the bearer's user if any, the cookie (CSRF-checked as for
+    any cookie write) and the If-Match version."""
+    user = await _optional_user(request, app_state(request).token_verifier)
+    return SessionProgressWrite(
+        caller=_session_cookie_write(request, user), if_match=parse_if_match(if_match)
+    )
+
+
+SessionProgressWriteDep = Annotated[SessionProgressWrite, Depends(get_session_progress_write)]
 
 
 def expected_version(if_match: int | Literal["*"] | None) -> int | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 from uuid import UUID
 
 from autopilot_api.models.session import ResolvedSession
@@ -55,6 +56,15 @@ class SessionCookieWrite:
 
     cookie: str | None
     user: UserContext | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionProgressWrite:
+    """PUT /sessions/me: the write on the anonymous session, and the version its If-Match
+    expects (an int, '*' for any, or None without the header)."""
+
+    caller: SessionCookieWrite
+    if_match: int | Literal["*"] | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from autopilot_api.api.deps import (
     CurrentUser,
-    IfMatchDep,
     SessionCaller,
     SessionCookieForWrite,
+    SessionProgressWriteDep,
     SessionServiceDep,
     SettingsDep,
     clear_session_cookie,
@@ -120,12 +120,12 @@ async def update_my_session(
     update: SessionUpdate,
     request: Request,
     response: Response,
-    caller: SessionCookieForWrite,
+    write: SessionProgressWriteDep,
     sessions: SessionServiceDep,
-    if_match: IfMatchDep,
 ) -> SessionResponse:
     """Partial update of the cookie's session (also with a bearer); else creates one, or 409."""
     settings = sessions.settings
+    caller, if_match = write.caller, write.if_match
     cookie = caller.cookie
     written = await sessions.write_progress(
         token=cookie,
