@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import Depends, Header, Path, Request, Response
-from supabase import AsyncClient
 
 from autopilot_api.core.config import Settings
 from autopilot_api.core.errors import (
@@ -47,7 +46,6 @@ from autopilot_api.services.discovery_profile_service import DiscoveryProfileSer
 from autopilot_api.services.event_service import EventService
 from autopilot_api.services.health_service import HealthService
 from autopilot_api.services.profile_extraction_service import ProfileExtractionService
-from autopilot_api.services.rate_limiter import RateLimiter
 from autopilot_api.services.search_session_service import SearchSessionService
 from autopilot_api.services.session_service import SessionService
 
@@ -82,39 +80,11 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-async def get_app_state(request: Request) -> AppState:
-    return app_state(request)
-
-
-AppStateDep = Annotated[AppState, Depends(get_app_state)]
-
-
 async def get_settings_dep(request: Request) -> Settings:
     return app_state(request).settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-
-
-async def get_supabase(request: Request) -> AsyncClient:
-    return app_state(request).supabase
-
-
-SupabaseDep = Annotated[AsyncClient, Depends(get_supabase)]
-
-
-async def get_token_verifier(request: Request) -> TokenVerifier:
-    return app_state(request).token_verifier
-
-
-TokenVerifierDep = Annotated[TokenVerifier, Depends(get_token_verifier)]
-
-
-async def get_rate_limiter(request: Request) -> RateLimiter:
-    return app_state(request).rate_limiter
-
-
-RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 
 
 async def require_metrics_access(request: Request, settings: SettingsDep) -> None:
@@ -242,12 +212,8 @@ def _is_trusted_proxy(host: str, settings: Settings) -> bool:
     return any(address in network for network in settings.trusted_proxy_networks)
 
 
-async def get_client_ip(request: Request) -> str:
-    """The peer address; forwarding headers count only when the peer is a trusted proxy."""
-    return client_ip(request, app_state(request).settings)
-
-
 def client_ip(request: Request, settings: Settings) -> str:
+    """The peer address; forwarding headers count only when the peer is a trusted proxy."""
     peer = request.client.host if request.client else "unknown"
     if not settings.trusted_proxy_networks or not _is_trusted_proxy(peer, settings):
         return peer
@@ -257,9 +223,6 @@ def client_ip(request: Request, settings: Settings) -> str:
         if not _is_trusted_proxy(hop, settings):
             return hop
     return hops[0] if hops else peer
-
-
-ClientIpDep = Annotated[str, Depends(get_client_ip)]
 
 
 # --- cookies ------------------------------------------------------------------------------
