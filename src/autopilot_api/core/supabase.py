@@ -98,7 +98,7 @@ class DataPlaneHttpClient(httpx.AsyncClient):
     URL twice (once more to apply the empty parameters) and copy and rescan the headers
     four times; that was a fifth of the CPU of a request. Such calls are built here from a
     parsed URL kept per RPC endpoint and one merge of the headers, into the same Request
-    httpx builds (tests/unit/test_dataplane_client.py compares the two); anything else
+    httpx builds (tests/unit/test_data_plane_client.py compares the two); anything else
     goes through httpx's own `build_request`.
     """
 
