@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 import redis
 
-from autopilot_api.core.config import Settings
+from autopilot_api.core.config import Settings, SettingsError, load_settings
 from autopilot_api.core.errors import UsageStoreUnavailableError
 from autopilot_api.local.dataplane import free_port
 from autopilot_api.services.model_budget import (
@@ -114,6 +114,31 @@ class TestPromptBounds:
         per_char = 1 if not text.isascii() else 0.25
         assert estimate > len(text) * per_char
         assert estimate_prompt_tokens([], extra=text) < estimate
+
+
+class TestSettings:
+    def test_the_defaults_bound_every_call(self) -> None:
+        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        assert settings.openai_max_retries == 0
+        assert settings.extraction_max_retries == 1
+        assert settings.agent_max_completion_tokens == 600
+        assert settings.extraction_max_completion_tokens == 2_000
+
+    @pytest.mark.parametrize(
+        ("name", "value", "problem"),
+        [
+            ("openai_max_retries", 2, "OPENAI_MAX_RETRIES"),
+            ("extraction_max_retries", 2, "EXTRACTION_MAX_RETRIES"),
+            ("agent_history_max_chars", 3_999, "at least MESSAGE_MAX_CHARS"),
+            ("extraction_conversation_max_chars", 3_999, "at least MESSAGE_MAX_CHARS"),
+            ("model_budget_visitor_tokens_per_day", 0, "MODEL_BUDGET_VISITOR_TOKENS_PER_DAY"),
+        ],
+    )
+    def test_what_would_unbound_a_call_is_refused(
+        self, name: str, value: int, problem: str
+    ) -> None:
+        with pytest.raises(SettingsError, match=problem):
+            load_settings(_env_file=None, **{name: value})
 
 
 class TestSpender:
