@@ -44,6 +44,7 @@ from autopilot_api.core.supabase import (
 from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
 from autopilot_api.services.event_bus import create_event_bus
 from autopilot_api.services.maintenance import start_session_cleanup, stop_background_task
+from autopilot_api.services.model_budget import create_model_budget
 from autopilot_api.services.rate_limiter import create_rate_limiter
 from autopilot_api.services.session_service import SessionService
 
@@ -75,6 +76,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         ),
         rate_limiter=create_rate_limiter(settings.redis_url),
         bus=create_event_bus(settings.redis_url),
+        model_budget=create_model_budget(settings),
         data_plane_problem=plane.problem,
     )
     await state.bus.start()
@@ -103,6 +105,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
             await state.streams.close()
         await state.bus.close()
         await state.rate_limiter.close()
+        await state.model_budget.close()
         await close_supabase_client(supabase)
         await http.aclose()
         if openai is not None:

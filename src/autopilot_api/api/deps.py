@@ -151,6 +151,7 @@ def agent_service(state: AppState) -> AgentService:
         state.settings,
         sessions=session_service(state),
         profiles=discovery_profile_service(state),
+        budget=state.model_budget,
     )
 
 
@@ -163,7 +164,9 @@ AgentServiceDep = Annotated[AgentService, Depends(get_agent_service)]
 
 async def get_profile_extraction_service(request: Request) -> ProfileExtractionService:
     state = app_state(request)
-    return ProfileExtractionService(state.openai, state.settings, state.supabase, bus=state.bus)
+    return ProfileExtractionService(
+        state.openai, state.settings, state.supabase, bus=state.bus, budget=state.model_budget
+    )
 
 
 ProfileExtractionServiceDep = Annotated[
@@ -197,7 +200,7 @@ EventServiceDep = Annotated[EventService, Depends(get_event_service)]
 
 async def get_admin_service(request: Request) -> AdminService:
     state = app_state(request)
-    return AdminService(state.supabase, state.settings)
+    return AdminService(state.supabase, state.settings, model_budget=state.model_budget)
 
 
 AdminServiceDep = Annotated[AdminService, Depends(get_admin_service)]

@@ -66,12 +66,27 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
     openai_timeout_seconds: float = Field(default=60.0, gt=0)
-    openai_max_retries: int = Field(default=2, ge=0, le=5)
+    # At most one retry: a failing model must not cost several calls inside one request.
+    openai_max_retries: int = Field(default=0, ge=0, le=1)
     extraction_model: str = "gpt-4o-mini"
     extraction_timeout_seconds: float = Field(default=20.0, gt=0)
-    extraction_max_retries: int = Field(default=1, ge=0, le=3)
+    extraction_max_retries: int = Field(default=1, ge=0, le=1)
     extraction_lease_seconds: int = Field(default=60, ge=5)
     agent_history_messages: int = Field(default=20, ge=2, le=200)
+    agent_history_max_chars: int = Field(default=16_000, ge=1_000, le=400_000)
+    agent_max_completion_tokens: int = Field(default=600, ge=16, le=16_384)
+    extraction_conversation_max_chars: int = Field(default=12_000, ge=1_000, le=400_000)
+    extraction_max_completion_tokens: int = Field(default=2_000, ge=64, le=16_384)
+
+    # --- model spend ------------------------------------------------------------------
+    model_budget_visitor_tokens_per_day: int = Field(default=300_000, ge=10_000)
+    model_budget_client_ip_tokens_per_hour: int = Field(default=600_000, ge=10_000)
+    model_budget_instance_tokens_per_day: int = Field(default=20_000_000, ge=10_000)
+    model_budget_redis_prefix: str = Field(
+        default="autopilot:model:", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9:_\-]+$"
+    )
+    model_input_usd_per_million_tokens: float = Field(default=0.15, ge=0)
+    model_output_usd_per_million_tokens: float = Field(default=0.60, ge=0)
 
     # --- conversations ----------------------------------------------------------------
     message_max_chars: int = Field(default=4000, ge=1, le=100_000)
@@ -180,6 +195,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "SESSION_COOKIE_SAMESITE=none requires SESSION_COOKIE_SECURE=true "
                 "(browsers drop SameSite=None cookies that are not Secure)"
+            )
+        if self.agent_history_max_chars < self.message_max_chars:
+            raise ValueError(
+                "AGENT_HISTORY_MAX_CHARS must be at least MESSAGE_MAX_CHARS "
+                "(the visitor's newest message always goes to the model)"
+            )
+        if self.extraction_conversation_max_chars < self.message_max_chars:
+            raise ValueError(
+                "EXTRACTION_CONVERSATION_MAX_CHARS must be at least MESSAGE_MAX_CHARS "
+                "(the newest message always goes to extraction)"
             )
         if self.events_cookie_name == self.session_cookie_name:
             raise ValueError("EVENTS_COOKIE_NAME must differ from SESSION_COOKIE_NAME")

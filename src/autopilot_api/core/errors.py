@@ -227,6 +227,11 @@ class ModelUnavailableError(TemporaryError):
     )
 
 
+class UsageStoreUnavailableError(TemporaryError):
+    code = "usage_store_unavailable"
+    default_message = "The model usage store (Redis) is unreachable; retry shortly."
+
+
 class CompletionNotAllowedError(ConflictError):
     code = "completion_not_allowed"
     default_message = "Only a session or profile in the greenlight phase can be completed."

@@ -50,6 +50,34 @@ MODEL_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60),
 )
 
+# Model spend. Token counts under OpenTelemetry's GenAI semantic-convention names
+# (gen_ai.client.token.usage, a histogram in {token}, with the spec's bucket boundaries):
+# gen_ai_operation_name is the spec's "chat" for both calls (each is a chat completion);
+# which of ours it was, and the owner's phase, are the autopilot_ labels.
+GEN_AI_TOKEN_USAGE = Histogram(
+    "gen_ai_client_token_usage",
+    "Tokens per model call as the model reported them (gen_ai.client.token.usage).",
+    [
+        "gen_ai_operation_name",
+        "gen_ai_provider_name",
+        "gen_ai_request_model",
+        "gen_ai_token_type",
+        "autopilot_operation",
+        "autopilot_phase",
+    ],
+    buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304),
+)
+MODEL_COST_USD = Counter(
+    "autopilot_model_cost_usd",
+    "Estimated model cost in USD: reported tokens at the MODEL_*_USD_PER_MILLION_TOKENS prices.",
+    ["gen_ai_request_model", "autopilot_operation"],
+)
+MODEL_BUDGET_REFUSALS = Counter(
+    "autopilot_model_budget_refusals",
+    "Model calls not made: a token budget was spent (or its store unreachable: unavailable).",
+    ["budget", "autopilot_operation"],
+)
+
 
 def render_metrics() -> bytes:
     """The text exposition: every worker's values added up in multiprocess mode."""

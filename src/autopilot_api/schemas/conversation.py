@@ -47,6 +47,31 @@ class TokenUsage(CamelModel):
     total_tokens: int | None
 
 
+class MessageMetadata(CamelModel):
+    """What the client may want to know about how a reply came about."""
+
+    asked: str | None = Field(
+        default=None,
+        description="What the offline agent (or the opening) asked: a question key, or "
+        "roi:<key> for an ROI input; the visitor's next message is taken as its answer.",
+    )
+    mode: Literal["offline"] | None = Field(
+        default=None,
+        description="offline: the offline questionnaire answered although a model is "
+        "configured (see reason); null otherwise.",
+    )
+    reason: Literal["token_budget", "budget_unavailable"] | None = Field(
+        default=None,
+        description="Why: token_budget, a token budget is spent (see budget); "
+        "budget_unavailable, the budgets could not be checked.",
+    )
+    budget: Literal["visitor", "client_ip", "instance"] | None = Field(
+        default=None,
+        description="The spent budget: the visitor's per day, the client address's per hour, "
+        "or the whole service's per day. The model answers again once it has room.",
+    )
+
+
 class MessagePublic(CamelModel):
     id: UUID
     conversation_id: UUID
@@ -55,6 +80,7 @@ class MessagePublic(CamelModel):
     status: Literal["complete", "streaming", "aborted", "error"]
     reply_to: UUID | None
     usage: TokenUsage | None
+    metadata: MessageMetadata
     created_at: datetime
 
     @classmethod
@@ -74,6 +100,7 @@ class MessagePublic(CamelModel):
             status=row["status"],
             reply_to=row.get("reply_to"),
             usage=usage,
+            metadata=MessageMetadata.model_validate(row.get("metadata") or {}),
             created_at=row["created_at"],
         )
 

@@ -1,4 +1,5 @@
-"""What administrators see of sessions: totals and a keyset-paginated list, no secrets."""
+"""What administrators see: session totals and a keyset-paginated list (no secrets), and the
+model's usage today."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from supabase import AsyncClient
 from autopilot_api.core.config import Settings
 from autopilot_api.core.errors import ValidationFailedError, field_error
 from autopilot_api.core.supabase import call_rpc
+from autopilot_api.services.model_budget import ModelBudget, UsageReport
 
 
 def encode_cursor(last_seen_at: str, session_id: str) -> str:
@@ -33,9 +35,16 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 
 class AdminService:
-    def __init__(self, supabase: AsyncClient, settings: Settings) -> None:
+    def __init__(
+        self, supabase: AsyncClient, settings: Settings, *, model_budget: ModelBudget
+    ) -> None:
         self._supabase = supabase
         self._settings = settings
+        self._model_budget = model_budget
+
+    async def model_usage(self, *, top: int) -> UsageReport:
+        """Today's model usage (UTC), the budgets and the `top` biggest spenders of each kind."""
+        return await self._model_budget.usage_report(top=top)
 
     async def session_overview(self) -> dict[str, Any]:
         totals = await call_rpc(

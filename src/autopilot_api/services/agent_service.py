@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+import anyio
 import openai
 from openai import AsyncOpenAI
 
@@ -40,6 +41,14 @@ from autopilot_api.services.extraction_constants import (
     ROI_INPUTS,
     next_missing_roi_input,
     next_unanswered_question,
+)
+from autopilot_api.services.model_budget import (
+    ModelBudget,
+    Reservation,
+    Spender,
+    TokenUsage,
+    estimate_prompt_tokens,
+    newest_within_chars,
 )
 from autopilot_api.services.session_service import SessionService
 
@@ -141,22 +150,29 @@ class AgentService:
         *,
         sessions: SessionService,
         profiles: DiscoveryProfileService,
+        budget: ModelBudget,
     ) -> None:
         self._openai = openai_client
         self._settings = settings
         self._sessions = sessions
         self._profiles = profiles
+        self._budget = budget
 
     @property
     def offline(self) -> bool:
         return self._openai is None
 
     async def generate_response(
-        self, *, conversation: Conversation, owner: ChatOwner, history: list[Message]
+        self,
+        *,
+        conversation: Conversation,
+        owner: ChatOwner,
+        history: list[Message],
+        spender: Spender,
     ) -> AgentReply:
         reply = AgentReply()
         async for _ in self.stream_response(
-            conversation=conversation, owner=owner, history=history, reply=reply
+            conversation=conversation, owner=owner, history=history, spender=spender, reply=reply
         ):
             pass
         return reply
@@ -167,13 +183,37 @@ class AgentService:
         conversation: Conversation,
         owner: ChatOwner,
         history: list[Message],
+        spender: Spender,
         reply: AgentReply,
     ) -> AsyncIterator[str]:
-        """Yields the reply's text pieces; `reply` holds the whole reply when it ends."""
+        """Yields the reply's text pieces; `reply` holds the whole reply when it ends.
+
+        The model answers when its call fits the spender's token budgets; otherwise the
+        offline agent does, and the reply's metadata says why."""
+        pieces: AsyncIterator[str]
         if self._openai is None:
             pieces = await self._offline_turn(owner=owner, history=history, reply=reply)
         else:
-            pieces = self._model_turn(owner=owner, history=history, reply=reply)
+            # The prompt bounded by characters too, before the messages are built.
+            bounded = newest_within_chars(
+                history,
+                max_chars=self._settings.agent_history_max_chars,
+                size=lambda message: len(message["content"]),
+            )
+            messages = self._messages_for_model(owner, bounded)
+            reservation = await self._budget.reserve(
+                spender=spender,
+                operation="chat",
+                model=self._settings.openai_model,
+                phase=owner.phase,
+                tokens=estimate_prompt_tokens(messages)
+                + self._settings.agent_max_completion_tokens,
+            )
+            if reservation.granted:
+                pieces = self._model_turn(messages=messages, reservation=reservation, reply=reply)
+            else:
+                pieces = await self._offline_turn(owner=owner, history=history, reply=reply)
+                reply.metadata = {**reply.metadata, **reservation.offline_metadata()}
         async for piece in pieces:
             reply.content += piece
             yield piece
@@ -197,18 +237,23 @@ class AgentService:
         return messages
 
     async def _model_turn(
-        self, *, owner: ChatOwner, history: list[Message], reply: AgentReply
+        self, *, messages: list[Any], reservation: Reservation, reply: AgentReply
     ) -> AsyncIterator[str]:
         assert self._openai is not None
         reply.model = self._settings.openai_model
         started = time.perf_counter()
+        usage: TokenUsage | None = None
+        # Without a usage report the call may have been billed (a stream cut short, a
+        # timeout): the reservation stays. An error answer was not: it is released.
+        billed = True
         try:
             stream = await self._openai.chat.completions.create(
                 model=self._settings.openai_model,
-                messages=self._messages_for_model(owner, history),
+                messages=messages,
                 stream=True,
                 stream_options={"include_usage": True},
                 temperature=0.4,
+                max_completion_tokens=self._settings.agent_max_completion_tokens,
             )
             # Closing the stream on every exit (also cancellation) frees the connection.
             async with stream:
@@ -216,15 +261,20 @@ class AgentService:
                     if chunk.usage is not None:
                         reply.prompt_tokens = chunk.usage.prompt_tokens
                         reply.completion_tokens = chunk.usage.completion_tokens
+                        usage = TokenUsage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     for choice in chunk.choices:
                         if choice.delta.content:
                             yield choice.delta.content
         except openai.APIError as exc:
+            billed = not isinstance(exc, openai.APIStatusError)
             logger.warning("model call failed: %s", type(exc).__name__)
             raise ModelUnavailableError() from exc
         finally:
             reply.model_seconds = time.perf_counter() - started
             MODEL_SECONDS.observe(reply.model_seconds)
+            # Also when the visitor left mid-stream (this generator is being cancelled).
+            with anyio.CancelScope(shield=True):
+                await self._budget.settle(reservation, usage, billed=billed)
 
     # --- offline: the catalogue asks itself ------------------------------------------
     async def _record(self, owner: ChatOwner, update: ProgressUpdate) -> Mapping[str, Any]:

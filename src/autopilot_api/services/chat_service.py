@@ -24,6 +24,7 @@ from autopilot_api.models.conversation import Conversation, Message, MessageStat
 from autopilot_api.services.agent_service import AgentReply, AgentService, ChatOwner
 from autopilot_api.services.conversation_service import ConversationService
 from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
+from autopilot_api.services.model_budget import Spender
 from autopilot_api.services.rate_limiter import RateLimiter
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class PreparedTurn:
     replay: Message | None
     owner: ChatOwner
     history: list[Message]
+    spender: Spender
 
 
 class ChatService:
@@ -77,6 +79,7 @@ class ChatService:
         auth: AuthContext,
         content: str,
         idempotency_key: str | None,
+        client_ip: str,
     ) -> PreparedTurn:
         if len(content) > self._settings.message_max_chars:
             raise ValidationFailedError(
@@ -89,9 +92,13 @@ class ChatService:
                 details=[field_error(["body", "content"], "blank", "blank")],
             )
         owner = await self._owner(conversation, auth)
-        caller = f"user:{owner.user.id}" if owner.user else f"session:{owner.session_id}"
+        spender = Spender.of(
+            session_id=owner.session_id,
+            user_id=owner.user.id if owner.user else None,
+            client_ip=client_ip,
+        )
         await self._rate_limiter.hit(
-            key=f"messages:{caller}",
+            key=f"messages:{spender.visitor}",
             limit=self._settings.message_rate_limit_per_minute,
             window_seconds=MESSAGE_WINDOW_SECONDS,
         )
@@ -102,11 +109,11 @@ class ChatService:
         if appended["replayed"]:
             if appended["reply"] is None:
                 raise IdempotencyKeyInUseError()
-            return PreparedTurn(appended["message"], appended["reply"], owner, [])
+            return PreparedTurn(appended["message"], appended["reply"], owner, [], spender)
         history = await self._conversations.recent_messages(
             conversation_id=conversation_id, limit=self._settings.agent_history_messages
         )
-        return PreparedTurn(appended["message"], None, owner, history)
+        return PreparedTurn(appended["message"], None, owner, history, spender)
 
     async def _owner(self, conversation: Conversation, auth: AuthContext) -> ChatOwner:
         if conversation["user_id"] is not None:
@@ -141,7 +148,10 @@ class ChatService:
             return ChatTurn(turn.user_message, turn.replay, replayed=True)
         try:
             reply = await self._agent.generate_response(
-                conversation=conversation, owner=turn.owner, history=turn.history
+                conversation=conversation,
+                owner=turn.owner,
+                history=turn.history,
+                spender=turn.spender,
             )
         except ModelUnavailableError:
             await self._store_reply(conversation, turn, AgentReply(), "error")
@@ -164,7 +174,11 @@ class ChatService:
         stored: Message | None = None
         try:
             async for piece in self._agent.stream_response(
-                conversation=conversation, owner=turn.owner, history=turn.history, reply=reply
+                conversation=conversation,
+                owner=turn.owner,
+                history=turn.history,
+                spender=turn.spender,
+                reply=reply,
             ):
                 yield StreamEvent("delta", {"text": piece})
             status = "complete"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
+import anyio
 import openai
 from openai import AsyncOpenAI
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -35,6 +36,13 @@ from autopilot_api.services.extraction_constants import (
     EXTRACTION_SYSTEM_PROMPT,
     EXTRACTION_USER_PROMPT,
     QUESTION_BY_KEY,
+)
+from autopilot_api.services.model_budget import (
+    ModelBudget,
+    Spender,
+    TokenUsage,
+    estimate_prompt_tokens,
+    newest_within_chars,
 )
 from autopilot_api.services.progress import build_answer, build_roi_entry, utc_now_iso
 
@@ -74,11 +82,13 @@ class ProfileExtractionService:
         supabase: Any,
         *,
         bus: EventBus,
+        budget: ModelBudget,
     ) -> None:
         self._openai = openai_client
         self._settings = settings
         self._supabase = supabase
         self._bus = bus
+        self._budget = budget
 
     # --- orchestration: one run per conversation at a time, newest message wins --------
     async def run_for_message(
@@ -88,6 +98,7 @@ class ProfileExtractionService:
         message_id: str,
         session_id: UUID | None,
         profile_id: UUID | None,
+        client_ip: str,
     ) -> None:
         """Background entry point: never raises; takes the conversation's lease or leaves
         the newer request to the instance that holds it."""
@@ -111,7 +122,12 @@ class ProfileExtractionService:
             while target is not None and runs < MAX_SUPERSEDING_RUNS:
                 runs += 1
                 result = await self.extract_and_update(
-                    conversation_id=conversation_id, session_id=session_id, profile_id=profile_id
+                    conversation_id=conversation_id,
+                    session_id=session_id,
+                    profile_id=profile_id,
+                    spender=Spender.of(
+                        session_id=session_id, user_id=profile_id, client_ip=client_ip
+                    ),
                 )
                 if result.extracted_count:
                     logger.info(
@@ -137,18 +153,25 @@ class ProfileExtractionService:
 
     # --- one extraction --------------------------------------------------------------
     async def extract_and_update(
-        self, *, conversation_id: UUID, session_id: UUID | None, profile_id: UUID | None
+        self,
+        *,
+        conversation_id: UUID,
+        session_id: UUID | None,
+        profile_id: UUID | None,
+        spender: Spender,
     ) -> ExtractionResult:
         if self._openai is None or (session_id is None and profile_id is None):
             return ExtractionResult()
         messages = await self._recent_messages(conversation_id)
         if len(messages) < 2:
             return ExtractionResult()
-        current = await self._current_answers(session_id=session_id, profile_id=profile_id)
-        if current is None:
+        owner = await self._current_answers(session_id=session_id, profile_id=profile_id)
+        if owner is None:
             return ExtractionResult()
 
-        payload = await self._call_model(messages, current)
+        payload = await self._call_model(
+            messages, owner["answers"], spender=spender, phase=owner["phase"]
+        )
         if payload is None:
             return ExtractionResult()
         last_user = next((m for m in reversed(messages) if m["role"] == "user"), messages[-1])
@@ -185,12 +208,15 @@ class ProfileExtractionService:
     async def _current_answers(
         self, *, session_id: UUID | None, profile_id: UUID | None
     ) -> dict[str, Any] | None:
+        """The owner's answers, and their phase (under "phase", for the usage metrics)."""
         if session_id is not None:
-            query = self._supabase.table("sessions").select("answers").eq("id", str(session_id))
+            query = (
+                self._supabase.table("sessions").select("answers,phase").eq("id", str(session_id))
+            )
         else:
             query = (
                 self._supabase.table("discovery_profiles")
-                .select("answers")
+                .select("answers,phase")
                 .eq("profile_id", str(profile_id))
             )
         try:
@@ -198,12 +224,25 @@ class ProfileExtractionService:
         except Exception as exc:
             raise translate_data_plane_error(exc) from exc
         rows = cast(list[dict[str, Any]], response.data)
-        return dict(rows[0]["answers"] or {}) if rows else None
+        if not rows:
+            return None
+        return {"answers": dict(rows[0]["answers"] or {}), "phase": rows[0]["phase"]}
 
     async def _call_model(
-        self, messages: list[Message], current: dict[str, Any]
+        self,
+        messages: list[Message],
+        current: dict[str, Any],
+        *,
+        spender: Spender,
+        phase: str,
     ) -> _ExtractionPayload | None:
+        """One bounded call, when it fits the spender's token budgets (else None: paused)."""
         assert self._openai is not None
+        lines = newest_within_chars(
+            [f"{m['role']}: {m['content']}" for m in messages],
+            max_chars=self._settings.extraction_conversation_max_chars,
+            size=lambda line: len(line) + 1,
+        )
         prompt = EXTRACTION_USER_PROMPT.format(
             questions="\n".join(
                 f"{q.key}: {q.label} [{expected_form(q.key)}]" for q in DISCOVERY_QUESTIONS
@@ -212,33 +251,59 @@ class ProfileExtractionService:
                 f"{key}: {entry.get('value')}" for key, entry in current.items()
             )
             or "(none)",
-            conversation="\n".join(f"{m['role']}: {m['content']}" for m in messages),
+            conversation="\n".join(lines),
         )
+        request: list[Any] = [
+            {"role": "system", "content": EXTRACTION_SYSTEM_PROMPT},
+            {"role": "user", "content": prompt},
+        ]
+        response_format: Any = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "profile_extraction",
+                "strict": True,
+                "schema": EXTRACTION_SCHEMA,
+            },
+        }
+        reservation = await self._budget.reserve(
+            spender=spender,
+            operation="extraction",
+            model=self._settings.extraction_model,
+            phase=phase,
+            tokens=estimate_prompt_tokens(request, extra=json.dumps(response_format))
+            + self._settings.extraction_max_completion_tokens,
+        )
+        if not reservation.granted:
+            logger.info("extraction paused: the %s token budget is spent", reservation.refused)
+            EXTRACTIONS.labels("paused").inc()
+            return None
         client = self._openai.with_options(
             timeout=self._settings.extraction_timeout_seconds,
             max_retries=self._settings.extraction_max_retries,
         )
+        usage: TokenUsage | None = None
+        billed = True
         try:
             completion = await client.chat.completions.create(
                 model=self._settings.extraction_model,
                 temperature=0.1,
-                messages=[
-                    {"role": "system", "content": EXTRACTION_SYSTEM_PROMPT},
-                    {"role": "user", "content": prompt},
-                ],
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {
-                        "name": "profile_extraction",
-                        "strict": True,
-                        "schema": EXTRACTION_SCHEMA,
-                    },
-                },
+                messages=request,
+                response_format=response_format,
+                max_completion_tokens=self._settings.extraction_max_completion_tokens,
             )
+            if completion.usage is not None:
+                usage = TokenUsage(
+                    completion.usage.prompt_tokens, completion.usage.completion_tokens
+                )
         except openai.APIError as exc:
+            # An error answer was not billed; a timeout or a lost connection may have been.
+            billed = not isinstance(exc, openai.APIStatusError)
             logger.warning("extraction model call failed: %s", type(exc).__name__)
             EXTRACTIONS.labels("failure").inc()
             return None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._budget.settle(reservation, usage, billed=billed)
         if not completion.choices:
             EXTRACTIONS.labels("failure").inc()
             return None

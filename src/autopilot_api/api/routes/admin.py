@@ -1,4 +1,4 @@
-"""/api/v1/admin: live sessions at a glance, and cleanup on demand (admins only)."""
+"""/api/v1/admin: live sessions at a glance, cleanup on demand, model usage (admins only)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from autopilot_api.schemas.admin import (
     AdminSessionRow,
     AdminSessionsPublic,
     CleanupResult,
+    ModelUsagePublic,
     SessionTotals,
 )
 from autopilot_api.schemas.common import error_responses
@@ -58,3 +59,21 @@ async def cleanup_sessions(
         batch_size=settings.session_cleanup_batch_size
     )
     return CleanupResult(deleted=deleted)
+
+
+@router.get(
+    "/usage",
+    summary="Model tokens today, the token budgets, and the top spenders",
+    status_code=status.HTTP_200_OK,
+    responses=error_responses(401, 403, 422, 503),
+    openapi_extra=SIGNED_IN,
+)
+async def model_usage(
+    _: CurrentAdmin,
+    admin: AdminServiceDep,
+    top: Annotated[
+        int, Query(ge=1, le=100, description="Entries in each top list (kept: 1,000).")
+    ] = 10,
+) -> ModelUsagePublic:
+    """Today (UTC): tokens by operation and model, estimated cost, budgets, top spenders."""
+    return ModelUsagePublic.from_report(await admin.model_usage(top=top))

@@ -14,7 +14,9 @@ from autopilot_api.api.deps import (
     CurrentAuth,
     OwnedConversation,
     ProfileExtractionServiceDep,
+    SettingsDep,
     WriteOwnerDep,
+    client_ip,
     set_location,
 )
 from autopilot_api.api.json_body import JSONBodyRoute
@@ -148,6 +150,7 @@ def _schedule_extraction(
     conversation: Conversation,
     auth: AuthContext,
     message_id: str,
+    address: str,
 ) -> None:
     owned_by_user = conversation["user_id"] is not None
     session = auth.acting_session
@@ -157,6 +160,7 @@ def _schedule_extraction(
         message_id=message_id,
         session_id=None if owned_by_user or session is None else session.session_id,
         profile_id=auth.user.id if owned_by_user and auth.user else None,
+        client_ip=address,
     )
 
 
@@ -193,6 +197,7 @@ async def post_message(
     auth: CurrentAuth,
     chat: ChatServiceDep,
     extraction: ProfileExtractionServiceDep,
+    settings: SettingsDep,
     background: BackgroundTasks,
     idempotency_key: Annotated[
         str | None,
@@ -200,14 +205,18 @@ async def post_message(
     ] = None,
 ) -> Any:
     """Stores the message, runs the agent, stores the reply; extraction runs afterwards."""
+    address = client_ip(request, settings)
     turn = await chat.prepare_turn(
         conversation=conversation,
         auth=auth,
         content=body.content,
         idempotency_key=idempotency_key,
+        client_ip=address,
     )
     if turn.replay is None:
-        _schedule_extraction(background, extraction, conversation, auth, turn.user_message["id"])
+        _schedule_extraction(
+            background, extraction, conversation, auth, turn.user_message["id"], address
+        )
 
     if "text/event-stream" in request.headers.get("accept", ""):
 
