@@ -44,6 +44,11 @@ EXTRACTION_MESSAGE_COUNT = 10
 MAX_SUPERSEDING_RUNS = 5
 
 
+def _as_data(value: Any) -> str:
+    """Visitor text as JSON: inside a string it cannot pass for a heading or a new turn."""
+    return json.dumps(value, ensure_ascii=False, indent=1)
+
+
 class _ExtractedAnswer(BaseModel):
     model_config = ConfigDict(extra="ignore")
     # Typed by the schema; still checked here (strict mode cannot cap a text's length).
@@ -208,11 +213,8 @@ class ProfileExtractionService:
             questions="\n".join(
                 f"{q.key}: {q.label} [{expected_form(q.key)}]" for q in DISCOVERY_QUESTIONS
             ),
-            current_answers="\n".join(
-                f"{key}: {entry.get('value')}" for key, entry in current.items()
-            )
-            or "(none)",
-            conversation="\n".join(f"{m['role']}: {m['content']}" for m in messages),
+            current_answers=_as_data({key: entry.get("value") for key, entry in current.items()}),
+            conversation=_as_data([{"role": m["role"], "content": m["content"]} for m in messages]),
         )
         client = self._openai.with_options(
             timeout=self._settings.extraction_timeout_seconds,
