@@ -207,24 +207,24 @@ class AgentService:
                 reply.metadata = {"asked": asked}
                 return self._pieces(_retry_note(invalid.key) + _label(asked))
 
-        text, asked_next, progress = await self._next_step(owner, progress)
+        text, asked_next = self._next_step(progress)
         reply.metadata = {"asked": asked_next} if asked_next else {}
         return self._pieces(text)
 
-    async def _next_step(
-        self, owner: ChatOwner, progress: Mapping[str, Any]
-    ) -> tuple[str, str | None, Mapping[str, Any]]:
+    @staticmethod
+    def _next_step(progress: Mapping[str, Any]) -> tuple[str, str | None]:
+        """What to ask next, as the opening does: the first unanswered question, then the
+        first missing ROI input, then the business case. The phase is SQL's to move (when
+        the answer that completes one is stored), never the agent's."""
         if progress["phase"] == "discovery":
             question = next_unanswered_question((progress.get("answers") or {}).keys())
             if question is not None:
-                return question.label, question.key, progress
-            progress = await self._record(owner, ProgressUpdate(phase="roi"))
-        if progress["phase"] == "roi":
+                return question.label, question.key
+        if progress["phase"] in ("discovery", "roi"):
             spec = next_missing_roi_input((progress.get("roi_inputs") or {}).keys())
             if spec is not None:
-                return spec.label, f"roi:{spec.key}", progress
-            progress = await self._record(owner, ProgressUpdate(phase="greenlight"))
-        return greenlight_offline_reply(progress), None, progress
+                return spec.label, f"roi:{spec.key}"
+        return greenlight_offline_reply(progress), None
 
     @staticmethod
     def _last_asked(history: list[Message]) -> str | None:

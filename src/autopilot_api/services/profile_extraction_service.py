@@ -36,6 +36,7 @@ from autopilot_api.services.extraction_constants import (
     EXTRACTION_USER_PROMPT,
     QUESTION_BY_KEY,
 )
+from autopilot_api.services.phases import PHASE_KEYS
 from autopilot_api.services.progress import build_answer, build_roi_entry, utc_now_iso
 
 logger = logging.getLogger(__name__)
@@ -329,6 +330,7 @@ class ProfileExtractionService:
                 "p_profile_id": str(profile_id) if profile_id and not session_id else None,
                 "p_answers": answers,
                 "p_roi_inputs": roi_inputs,
+                "p_phase_keys": PHASE_KEYS,
             },
         )
         return cast(dict[str, Any], result)
