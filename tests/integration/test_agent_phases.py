@@ -468,5 +468,5 @@ def test_no_prompt_asks_for_products_or_sums() -> None:
         assert "estimate savings" not in lowered
     for text in SYSTEM_PROMPTS.values():
         assert "Never calculate, estimate or round a figure yourself" in text
-        assert "Never name, suggest or describe a product, price or vendor" in text
+        assert "Never name, suggest or describe a product or a vendor" in text
     assert "select them in the app" in SYSTEM_PROMPTS["greenlight"]
