@@ -13,7 +13,8 @@
 --   the owner then moves on when the phase it is in is the one completed, and on through
 --   any phase already complete (every ROI input given before the last question: straight
 --   to greenlight);
---   a patch that sets the phase itself is taken as it is: no advance on top of it.
+--   a patch that moves the phase itself (to another phase than the one it is in) is taken
+--   as it is: no advance on top of it. Restating the current phase is no move.
 -- So a visitor who went back stays there until a write completes a phase anew. The move is
 -- audited as phase_changed, and the owner's conversations follow.
 
@@ -123,7 +124,7 @@ begin
   next := autopilot_private.apply_patch(
     row(s.answers, s.roi_inputs, s.phase, s.current_question_index,
         s.selected_product_ids, s.timeframe)::autopilot_private.progress, p_patch);
-  if not (p_patch ? 'phase') then
+  if next.phase = s.phase then
     next.phase := autopilot_private.advance_phase(next.phase, s.answers || s.roi_inputs,
       next.answers || next.roi_inputs, p_phase_keys);
   end if;
@@ -203,7 +204,7 @@ begin
   next := autopilot_private.apply_patch(
     row(dp.answers, dp.roi_inputs, dp.phase, dp.current_question_index,
         dp.selected_product_ids, dp.timeframe)::autopilot_private.progress, p_patch);
-  if not (p_patch ? 'phase') then
+  if next.phase = dp.phase then
     next.phase := autopilot_private.advance_phase(next.phase, dp.answers || dp.roi_inputs,
       next.answers || next.roi_inputs, p_phase_keys);
   end if;

@@ -213,16 +213,30 @@ class TestAPutCompletesAPhase:
             ("discovery", "roi", "session"),
         ]
 
-    async def test_a_patch_that_sets_the_phase_is_taken_as_it_is(
+    async def test_a_patch_that_moves_the_phase_is_taken_as_it_is(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        await start_session(client)
+        roi = {key: float(value) for key, value in ROI.items()}
+        await client.put("/api/v1/sessions/me", json={"answers": ALL_ANSWERS, "roiInputs": roi})
+        await client.put("/api/v1/sessions/me", json={"roiInputs": {"laborRate": None}})
+        assert (await client.get("/api/v1/sessions/me")).json()["phase"] == "greenlight"
+        # Back to roi while giving the input that completes it: back is where it stays.
+        back = await client.put(
+            "/api/v1/sessions/me", json={"phase": "roi", "roiInputs": {"laborRate": 35.0}}
+        )
+        assert back.json()["phase"] == "roi"
+
+    async def test_restating_the_current_phase_is_no_move_and_does_not_stop_the_advance(
         self, client: httpx.AsyncClient
     ) -> None:
         await start_session(client)
         await client.put("/api/v1/sessions/me", json={"answers": ALL_BUT_LAST})
-        stays = await client.put(
+        moved = await client.put(
             "/api/v1/sessions/me",
             json={"answers": {LAST_KEY: answer(valid_value(LAST_KEY))}, "phase": "discovery"},
         )
-        assert stays.json()["phase"] == "discovery"
+        assert moved.json()["phase"] == "roi"
 
     async def test_a_phase_already_complete_is_passed_through(
         self, client: httpx.AsyncClient, rest: httpx.AsyncClient
