@@ -29,8 +29,51 @@ async function api(path, { method = "GET", json, headers = {} } = {}) {
   return response;
 }
 
+const usd = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" });
+const share = new Intl.NumberFormat("en-US", { style: "percent", maximumFractionDigits: 2 });
+
+// The figures the API computed (businessCase), shown in the greenlight phase; nothing is
+// calculated here.
+function renderBusinessCase(row) {
+  const box = $("business-case");
+  const data = row.businessCase;
+  box.hidden = !(row.phase === "greenlight" && data);
+  document.body.dataset.businessCase = box.hidden ? "hidden" : "shown";
+  if (box.hidden) return;
+  const lines = [
+    ["Monthly cost of the manual work", usd.format(data.monthlyManualCost),
+     data.costBasis === "statedSpend" ? "the spend you stated" : "hours × labor rate"],
+  ];
+  if (data.crossCheck) {
+    lines.push(["Hours × labor rate (cross-check)", usd.format(data.crossCheck.hoursTimesRate), ""]);
+  }
+  lines.push(
+    ["Monthly saving", usd.format(data.monthlySaving), `at ${share.format(data.utilization)} utilisation`],
+    ["Yearly saving", usd.format(data.yearlySaving), ""],
+  );
+  for (const payback of data.maxPriceForPayback) {
+    lines.push([`Pays back within ${payback.months} months up to`, usd.format(payback.maxPrice),
+                `maintenance ${usd.format(payback.yearlyMaintenance)} a year`]);
+  }
+  const body = box.querySelector("tbody");
+  body.replaceChildren();
+  for (const [label, value, note] of lines) {
+    const tr = document.createElement("tr");
+    tr.innerHTML = "<td></td><td class='value'></td><td class='source'></td>";
+    tr.children[0].textContent = label;
+    tr.children[1].textContent = value;
+    tr.children[2].textContent = note;
+    body.appendChild(tr);
+  }
+  const selected = row.selectedProductIds.length;
+  box.querySelector(".note").textContent = selected
+    ? `${selected} product(s) selected${row.timeframe ? `, timeframe: ${row.timeframe}` : ""}.`
+    : "No products selected yet: select them and a timeframe to continue to checkout.";
+}
+
 function renderProgress(row) {
   $("phase").textContent = row.phaseDisplayName;
+  renderBusinessCase(row);
   const body = $("answers").querySelector("tbody");
   body.replaceChildren();
   const answers = Object.values(row.answers).sort((a, b) => a.questionId - b.questionId);

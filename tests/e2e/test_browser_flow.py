@@ -68,6 +68,19 @@ TYPED_ANSWERS = {
 }
 
 
+# The business case of the ROI answers typed below (35, 80%, 0.1, 12000, 400), as
+# hand-computed in the README's worked example.
+BUSINESS_CASE_FIGURES = (
+    "$12,000.00",
+    "$14,000.00",
+    "$9,600.00",
+    "$115,200.00",
+    "$104,727.27",
+    "$192,000.00",
+    "$265,846.15",
+)
+
+
 def send(page: Page, text: str, replies: int) -> None:
     page.fill("#message", text)
     page.click("#send")
@@ -112,6 +125,15 @@ def test_visitor_chats_sees_answers_live_signs_in_and_claims(
             replies += 1
             send(page, roi_answer, replies=replies)
         page.wait_for_selector("#phase:has-text('Greenlight')", timeout=15_000)
+        # The business case the API computed, in the page and in the agent's last reply.
+        page.wait_for_selector("body[data-business-case='shown']", timeout=15_000)
+        shown = page.inner_text("#business-case")
+        last_reply = page.locator(".msg.assistant").last.inner_text()
+        for figure in BUSINESS_CASE_FIGURES:
+            assert figure in shown, figure
+            assert figure in last_reply, figure
+        assert "80% utilisation" in shown
+        assert "No products selected yet" in shown
 
         page.fill("#token", token)
         page.click("#claim")

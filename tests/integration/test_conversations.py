@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from autopilot_api.core.config import Settings
 from autopilot_api.local.dataplane import LocalDataPlane
+from autopilot_api.services.agent_prompts import RECORD_INTRO
 from autopilot_api.services.extraction_constants import (
     QUESTION_BY_KEY,
     QUESTION_KEYS_IN_ORDER,
@@ -75,6 +76,24 @@ def extraction_json(answers: list[dict[str, Any]], **roi: float) -> dict[str, An
             "confidence": given.get("confidence", 0.9),
         }
     return {"answers": by_key, "roi_inputs": roi_inputs, "confidence": 0.8}
+
+
+def record_sent(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The visitor's record as the chat call carried it: the JSON block of the first user
+    message, right after the system message."""
+    assert messages[1]["role"] == "user"
+    content = messages[1]["content"]
+    assert content.startswith(RECORD_INTRO)
+    assert content.endswith("\n```")
+    record: dict[str, Any] = json.loads(content[len(RECORD_INTRO) : -len("\n```")])
+    return record
+
+
+def extraction_conversation(prompt: str) -> list[dict[str, str]]:
+    """The conversation as the extraction prompt quoted it (a JSON array)."""
+    part = prompt.split("oldest first):\n", 1)[1].split("\n\nReturn the answers", 1)[0]
+    conversation: list[dict[str, str]] = json.loads(part)
+    return conversation
 
 
 @pytest.fixture
@@ -405,13 +424,17 @@ class TestOnlineAgent:
         created = (await online.post("/api/v1/conversations", json={})).json()
         await say(online, created["id"], "what do you need?")
         sent = model.chat_requests()[-1]["messages"]
-        system = sent[0]["content"]
-        assert "ROI phase" in system
-        assert f"Next missing ROI input: {ROI_INPUTS[1].label}" in system
-        assert f"{ROI_INPUTS[0].label} 42.5" in system  # the inputs so far
+        assert sent[0]["role"] == "system"
+        assert "ROI phase" in sent[0]["content"]
+        record = record_sent(sent)
+        assert record["nextRoiInput"] == {"key": ROI_INPUTS[1].key, "question": ROI_INPUTS[1].label}
+        # the inputs so far
+        assert record["roiInputs"] == [
+            {"key": "laborRate", "question": ROI_INPUTS[0].label, "value": 42.5}
+        ]
         # The model asked nothing yet: the question on screen is the opening's, the same one.
-        assert sent[1] == {"role": "assistant", "content": created["messages"][0]["content"]}
-        assert ROI_INPUTS[1].label in sent[1]["content"]
+        assert sent[2] == {"role": "assistant", "content": created["messages"][0]["content"]}
+        assert ROI_INPUTS[1].label in sent[2]["content"]
 
     async def test_history_sent_to_the_model_is_bounded(
         self, data_plane: LocalDataPlane, model: FakeOpenAIServer
@@ -422,7 +445,7 @@ class TestOnlineAgent:
             for index in range(4):
                 await say(http, conversation_id, f"message {index}")
         sent = model.chat_requests()[-1]["messages"]
-        assert len(sent) == 1 + 4
+        assert len(sent) == 2 + 4  # the instructions, the record, the history
         assert sent[-1]["content"] == "message 3"
 
     async def test_streamed_reply_arrives_in_pieces_and_is_stored(
@@ -581,9 +604,10 @@ class TestExtraction:
         for index in range(7):
             await say(online, conversation_id, f"note {index}")
         prompt = model.requests_with_response_format()[-1]["messages"][1]["content"]
-        conversation_part = prompt.split("Conversation (oldest first):")[1]
-        assert conversation_part.count("user: note") + conversation_part.count("assistant:") == 10
-        assert "note 0" not in conversation_part
+        conversation = extraction_conversation(prompt)
+        assert len(conversation) == 10
+        assert {"role": "user", "content": "note 0"} not in conversation
+        assert conversation[-1] == {"role": "assistant", "content": Reply().text}
 
     async def test_lease_lets_one_holder_run_and_supersedes_pending_requests(
         self, online: httpx.AsyncClient, rest: httpx.AsyncClient

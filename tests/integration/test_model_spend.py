@@ -5,6 +5,7 @@ is the local OpenAI-compatible server, Redis the tests' own."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import uuid
@@ -178,8 +179,9 @@ class TestBoundedCalls:
                 text = f"fact {index} " + "y" * 900
                 assert (await say(http, conversation_id, text)).status_code == 201
         prompt = model.requests_with_response_format()[-1]["messages"][1]["content"]
-        conversation = prompt.split("Conversation (oldest first):\n")[1].split("\n\nReturn")[0]
+        conversation = prompt.split("oldest first):\n")[1].split("\n\nReturn")[0]
         assert len(conversation) <= 2_000
+        assert json.loads(conversation)[-1]["role"] == "assistant"
         assert "fact 3 " in conversation
         assert "fact 1 " not in conversation
 

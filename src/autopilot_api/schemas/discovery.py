@@ -13,6 +13,12 @@ from pydantic.json_schema import SkipJsonSchema
 
 from autopilot_api.models.session import SessionPhase
 from autopilot_api.schemas.common import CamelInput, CamelModel
+from autopilot_api.services.business_case import (
+    MAINTENANCE_DEFINITION,
+    BusinessCase,
+    CostBasis,
+    compute_business_case,
+)
 from autopilot_api.services.extraction_constants import (
     DISCOVERY_QUESTIONS,
     PHASE_DISPLAY_NAMES,
@@ -159,6 +165,98 @@ class DiscoveryProfileUpdate(ProgressUpdate):
 SessionStatus = Literal["active", "completed", "claimed", "expired"]
 
 
+class CostCrossCheck(CamelModel):
+    hours_times_rate: float = Field(description="manualMonthlyHours × laborRate, USD a month.")
+    difference: float = Field(description="The stated spend minus hours × rate, USD a month.")
+    difference_percent: float | None = Field(
+        description="The difference as a percentage of hours × rate (null when that is 0)."
+    )
+
+
+class PaybackPrice(CamelModel):
+    months: int
+    max_price: float = Field(
+        description="The largest price (USD, rounded down to the cent) that pays back, "
+        "maintenance included, within `months`: months × monthlySaving / "
+        "(1 + months × maintenanceFactor / 12)."
+    )
+    yearly_maintenance: float = Field(description="maintenanceFactor × maxPrice, USD a year.")
+
+
+class BusinessCasePublic(CamelModel):
+    """Computed by the service from the ROI inputs (README, "The business case"); money in
+    USD rounded to cents, each figure from the rounded one before it."""
+
+    currency: Literal["USD"] = "USD"
+    monthly_manual_cost: float = Field(
+        description="What the manual work costs a month: the stated manualMonthlySpend when "
+        "given, else manualMonthlyHours × laborRate (see costBasis)."
+    )
+    cost_basis: CostBasis
+    cost_basis_reason: str = Field(description="Why that basis, in words.")
+    cross_check: CostCrossCheck | None = Field(
+        description="Hours × rate beside a stated spend, when both were given."
+    )
+    utilization: float = Field(description="The share of the manual work automation takes.")
+    automated_hours_per_month: float | None = Field(
+        description="utilization × manualMonthlyHours (null without hours)."
+    )
+    monthly_saving: float = Field(description="utilization × monthlyManualCost, USD a month.")
+    yearly_saving: float = Field(description="12 × monthlySaving.")
+    maintenance_factor: float
+    maintenance_definition: str = MAINTENANCE_DEFINITION
+    max_price_for_payback: list[PaybackPrice] = Field(
+        description="The price of the automation is not known here: the largest price that "
+        "still pays back within 12, 24 and 36 months."
+    )
+    inputs_used: dict[str, float] = Field(description="The ROI inputs the figures rest on.")
+    inputs_unused: list[str] = Field(
+        description="ROI inputs given but behind no figure (besides the cross-check)."
+    )
+    inputs_missing: list[str] = Field(description="ROI inputs not given (none was needed).")
+
+    @classmethod
+    def from_case(cls, case: BusinessCase) -> BusinessCasePublic:
+        cross = case.cross_check
+        return cls(
+            monthly_manual_cost=float(case.monthly_manual_cost),
+            cost_basis=case.cost_basis,
+            cost_basis_reason=case.cost_basis_reason,
+            cross_check=None
+            if cross is None
+            else CostCrossCheck(
+                hours_times_rate=float(cross.hours_times_rate),
+                difference=float(cross.difference),
+                difference_percent=None
+                if cross.difference_percent is None
+                else float(cross.difference_percent),
+            ),
+            utilization=float(case.utilization),
+            automated_hours_per_month=None
+            if case.automated_hours_per_month is None
+            else float(case.automated_hours_per_month),
+            monthly_saving=float(case.monthly_saving),
+            yearly_saving=float(case.yearly_saving),
+            maintenance_factor=float(case.maintenance_factor),
+            max_price_for_payback=[
+                PaybackPrice(
+                    months=price.months,
+                    max_price=float(price.max_price),
+                    yearly_maintenance=float(price.yearly_maintenance),
+                )
+                for price in case.max_price_for_payback
+            ],
+            inputs_used=case.inputs_used,
+            inputs_unused=list(case.inputs_unused),
+            inputs_missing=list(case.inputs_missing),
+        )
+
+
+def business_case_public(roi_entries: Mapping[str, Any]) -> BusinessCasePublic | None:
+    case = compute_business_case(roi_entries)
+    return None if case is None else BusinessCasePublic.from_case(case)
+
+
 class ProgressPublic(CamelModel):
     status: SessionStatus
     is_recoverable: bool = Field(
@@ -172,6 +270,10 @@ class ProgressPublic(CamelModel):
     answers: dict[str, DiscoveryAnswerSchema]
     roi_inputs: ROIInputsSchema
     roi_input_details: dict[str, ROIInputDetail]
+    business_case: BusinessCasePublic | None = Field(
+        description="Computed from the ROI inputs; null until utilization, maintenanceFactor "
+        "and a monthly cost (manualMonthlySpend, or manualMonthlyHours and laborRate) are stored."
+    )
     selected_product_ids: list[UUID]
     timeframe: str | None
     version: int
@@ -227,6 +329,7 @@ def progress_public_fields(row: Mapping[str, Any], *, recovery_window_days: int)
         "answers": row.get("answers") or {},
         "roi_inputs": {_snake(key): entry["value"] for key, entry in roi_entries.items()},
         "roi_input_details": roi_entries,
+        "business_case": business_case_public(roi_entries),
         "selected_product_ids": row.get("selected_product_ids") or [],
         "timeframe": row.get("timeframe"),
         "version": row["version"],

@@ -28,6 +28,7 @@ from autopilot_api.schemas.discovery import (
     ROIInputsUpdate,
     SessionUpdate,
 )
+from autopilot_api.services.agent_prompts import greenlight_offline_reply, messages_for_model
 from autopilot_api.services.answer_validation import (
     ROI_BY_KEY,
     InvalidAnswer,
@@ -38,7 +39,6 @@ from autopilot_api.services.answer_validation import (
 from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
 from autopilot_api.services.extraction_constants import (
     QUESTION_BY_KEY,
-    ROI_INPUTS,
     next_missing_roi_input,
     next_unanswered_question,
 )
@@ -53,34 +53,6 @@ from autopilot_api.services.model_budget import (
 from autopilot_api.services.session_service import SessionService
 
 logger = logging.getLogger(__name__)
-
-SYSTEM_PROMPTS: dict[SessionPhase, str] = {
-    "discovery": (
-        "You are Autopilot, a friendly automation consultant. You are in the DISCOVERY phase: "
-        "learn about the visitor's facility, operations, staffing, goals, budget and timeline "
-        "so you can judge whether automation pays off for them. Ask one question at a time, "
-        "prefer the next unanswered question you are given, acknowledge what they said in one "
-        "short sentence, and never invent facts about their facility."
-    ),
-    "roi": (
-        "You are Autopilot, an automation consultant in the ROI phase. Collect the inputs of "
-        "the ROI calculation: fully loaded labor rate per hour, expected utilization (0-1), "
-        "maintenance factor (0-1), current manual monthly spend and manual monthly hours. Ask "
-        "for one missing input at a time, explain briefly why it matters, and show simple "
-        "arithmetic when you estimate savings."
-    ),
-    "greenlight": (
-        "You are Autopilot, an automation consultant in the GREENLIGHT phase. The visitor has "
-        "a business case. Summarise it in a few lines, recommend the products that fit, and "
-        "guide them to checkout: confirm the selected products, the timeframe and the next "
-        "step to place the order. Be concise and concrete."
-    ),
-}
-
-GREENLIGHT_OFFLINE_REPLY = (
-    "Thanks, that is everything I need. Your business case is ready: review the selected "
-    "products and timeframe, then continue to checkout to place your order."
-)
 
 
 @dataclass
@@ -124,22 +96,6 @@ def _retry_note(key: str) -> str:
     if question is not None and question.kind == "boolean":
         return "Please answer yes or no. "
     return f"I could not use that: I need {expected_form(key)}. "
-
-
-def _roi_context(roi_inputs: Mapping[str, Any]) -> str:
-    """The ROI inputs so far and the next missing one, as the catalogue will ask them."""
-    values = {
-        key: entry.get("value") if isinstance(entry, Mapping) else entry
-        for key, entry in roi_inputs.items()
-    }
-    given = "\n".join(
-        f"- {spec.label} {values[spec.key]}" for spec in ROI_INPUTS if spec.key in values
-    )
-    context = f"\nROI inputs so far:\n{given or '- none yet'}"
-    missing = next_missing_roi_input(roi_inputs.keys())
-    if missing is not None:
-        context += f"\nNext missing ROI input: {missing.label}"
-    return context
 
 
 class AgentService:
@@ -220,21 +176,7 @@ class AgentService:
 
     # --- the model --------------------------------------------------------------------
     def _messages_for_model(self, owner: ChatOwner, history: list[Message]) -> list[Any]:
-        answers: Mapping[str, Any] = owner.progress.get("answers") or {}
-        known = "\n".join(
-            f"- {entry.get('label', key)} {entry.get('value')}" for key, entry in answers.items()
-        )
-        next_question = next_unanswered_question(answers.keys())
-        context = f"\n\nWhat the visitor told us so far:\n{known or '- nothing yet'}"
-        if owner.phase == "discovery" and next_question is not None:
-            context += f"\nNext unanswered question: {next_question.label}"
-        elif owner.phase == "roi":
-            context += _roi_context(owner.progress.get("roi_inputs") or {})
-        messages: list[Any] = [{"role": "system", "content": SYSTEM_PROMPTS[owner.phase] + context}]
-        for message in history[-self._settings.agent_history_messages :]:
-            if message["role"] == "user" or message["status"] == "complete":
-                messages.append({"role": message["role"], "content": message["content"]})
-        return messages
+        return messages_for_model(owner.progress, history[-self._settings.agent_history_messages :])
 
     async def _model_turn(
         self, *, messages: list[Any], reservation: Reservation, reply: AgentReply
@@ -315,24 +257,24 @@ class AgentService:
                 reply.metadata = {"asked": asked}
                 return self._pieces(_retry_note(invalid.key) + _label(asked))
 
-        text, asked_next, progress = await self._next_step(owner, progress)
+        text, asked_next = self._next_step(progress)
         reply.metadata = {"asked": asked_next} if asked_next else {}
         return self._pieces(text)
 
-    async def _next_step(
-        self, owner: ChatOwner, progress: Mapping[str, Any]
-    ) -> tuple[str, str | None, Mapping[str, Any]]:
+    @staticmethod
+    def _next_step(progress: Mapping[str, Any]) -> tuple[str, str | None]:
+        """What to ask next, as the opening does: the first unanswered question, then the
+        first missing ROI input, then the business case. The phase is SQL's to move (when
+        the answer that completes one is stored), never the agent's."""
         if progress["phase"] == "discovery":
             question = next_unanswered_question((progress.get("answers") or {}).keys())
             if question is not None:
-                return question.label, question.key, progress
-            progress = await self._record(owner, ProgressUpdate(phase="roi"))
-        if progress["phase"] == "roi":
+                return question.label, question.key
+        if progress["phase"] in ("discovery", "roi"):
             spec = next_missing_roi_input((progress.get("roi_inputs") or {}).keys())
             if spec is not None:
-                return spec.label, f"roi:{spec.key}", progress
-            progress = await self._record(owner, ProgressUpdate(phase="greenlight"))
-        return GREENLIGHT_OFFLINE_REPLY, None, progress
+                return spec.label, f"roi:{spec.key}"
+        return greenlight_offline_reply(progress), None
 
     @staticmethod
     def _last_asked(history: list[Message]) -> str | None:

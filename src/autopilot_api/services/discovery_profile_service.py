@@ -12,6 +12,7 @@ from autopilot_api.models.auth import UserContext
 from autopilot_api.models.discovery_profile import ClaimOutcome, DiscoveryProfile
 from autopilot_api.schemas.discovery import DiscoveryProfileUpdate
 from autopilot_api.services.event_bus import EventBus, profile_subject, session_subject
+from autopilot_api.services.phases import phase_keys_for
 from autopilot_api.services.progress import build_progress_patch
 
 
@@ -38,14 +39,16 @@ class DiscoveryProfileService:
         update: DiscoveryProfileUpdate,
         expected_version: int | None = None,
     ) -> DiscoveryProfile:
+        patch = build_progress_patch(update)
         row = await call_rpc(
             self._supabase,
             "update_discovery_profile",
             {
                 "p_user_id": str(user.id),
-                "p_patch": build_progress_patch(update),
+                "p_patch": patch,
                 "p_expected_version": expected_version,
                 "p_email": user.email,
+                "p_phase_keys": phase_keys_for(patch),
             },
         )
         await self._bus.publish(profile_subject(user.id))

@@ -44,12 +44,18 @@ from autopilot_api.services.model_budget import (
     estimate_prompt_tokens,
     newest_within_chars,
 )
+from autopilot_api.services.phases import PHASE_KEYS
 from autopilot_api.services.progress import build_answer, build_roi_entry, utc_now_iso
 
 logger = logging.getLogger(__name__)
 
 EXTRACTION_MESSAGE_COUNT = 10
 MAX_SUPERSEDING_RUNS = 5
+
+
+def _as_data(value: Any) -> str:
+    """Visitor text as JSON: inside a string it cannot pass for a heading or a new turn."""
+    return json.dumps(value, ensure_ascii=False, indent=1)
 
 
 class _ExtractedAnswer(BaseModel):
@@ -238,20 +244,18 @@ class ProfileExtractionService:
     ) -> _ExtractionPayload | None:
         """One bounded call, when it fits the spender's token budgets (else None: paused)."""
         assert self._openai is not None
-        lines = newest_within_chars(
-            [f"{m['role']}: {m['content']}" for m in messages],
+        kept = newest_within_chars(
+            [{"role": m["role"], "content": m["content"]} for m in messages],
             max_chars=self._settings.extraction_conversation_max_chars,
-            size=lambda line: len(line) + 1,
+            # As rendered in the prompt: the JSON of each message and its separator.
+            size=lambda message: len(_as_data(message)) + 2,
         )
         prompt = EXTRACTION_USER_PROMPT.format(
             questions="\n".join(
                 f"{q.key}: {q.label} [{expected_form(q.key)}]" for q in DISCOVERY_QUESTIONS
             ),
-            current_answers="\n".join(
-                f"{key}: {entry.get('value')}" for key, entry in current.items()
-            )
-            or "(none)",
-            conversation="\n".join(lines),
+            current_answers=_as_data({key: entry.get("value") for key, entry in current.items()}),
+            conversation=_as_data(kept),
         )
         request: list[Any] = [
             {"role": "system", "content": EXTRACTION_SYSTEM_PROMPT},
@@ -392,6 +396,7 @@ class ProfileExtractionService:
                 "p_profile_id": str(profile_id) if profile_id and not session_id else None,
                 "p_answers": answers,
                 "p_roi_inputs": roi_inputs,
+                "p_phase_keys": PHASE_KEYS,
             },
         )
         return cast(dict[str, Any], result)

@@ -28,6 +28,7 @@ from autopilot_api.models.session import ResolvedSession, Session
 from autopilot_api.schemas.discovery import SessionUpdate
 from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
 from autopilot_api.services.event_bus import EventBus, session_subject
+from autopilot_api.services.phases import phase_keys_for
 from autopilot_api.services.progress import build_progress_patch
 from autopilot_api.services.rate_limiter import RateLimiter, client_bucket
 
@@ -198,6 +199,7 @@ class SessionService:
                     "p_patch": patch,
                     "p_expected_version": expected_version,
                     "p_metadata_max_bytes": self._settings.session_metadata_max_bytes,
+                    "p_phase_keys": phase_keys_for(patch),
                 },
             )
         except InvalidPhaseTransitionError:
