@@ -24,6 +24,7 @@ from autopilot_api.models.session import DiscoveryAnswer, ROIInputEntry
 from autopilot_api.services.answer_validation import (
     ROI_BY_KEY,
     InvalidAnswer,
+    catalogue_rules,
     expected_form,
     parse_answer,
     validate_roi_input,
@@ -327,6 +328,8 @@ class ProfileExtractionService:
                 "p_profile_id": str(profile_id) if profile_id and not session_id else None,
                 "p_answers": answers,
                 "p_roi_inputs": roi_inputs,
+                # The merge judges stored answers by the catalogue's rules (no copy in SQL).
+                "p_rules": catalogue_rules(),
             },
         )
         return cast(dict[str, Any], result)
