@@ -59,8 +59,9 @@ class SupabaseCli:
         }
 
     def run(self, *args: str, url: str) -> dict[str, Any]:
+        # The repository's supabase/ as a user runs the CLI in it (the CLI writes .temp/).
         workdir = self.home / f"project-{uuid.uuid4().hex[:8]}"
-        shutil.copytree(MIGRATIONS_DIR, workdir / "supabase" / "migrations")
+        shutil.copytree(MIGRATIONS_DIR.parent, workdir / "supabase")
         result = subprocess.run(
             [str(self.binary), *args, f"--remote={url}", "--workdir", str(workdir)]
             + ["--output-format", "json"],
