@@ -80,12 +80,15 @@ def cli_version(filename: str) -> tuple[str, str]:
 
 
 def sql_migrations(directory: Path | None = None) -> list[SqlMigration]:
-    """The migration files in the order both tools apply them (by version)."""
+    """The migration files in the order both tools apply them (by file name, as the CLI
+    lists them)."""
     found = []
-    for path in (directory or MIGRATIONS_DIR).glob("*.sql"):
-        version, name = cli_version(path.name)
+    for path in sorted((directory or MIGRATIONS_DIR).glob("*.sql")):
+        try:
+            version, name = cli_version(path.name)
+        except ValueError as exc:
+            raise MigrationError(f"{exc} (in {path.parent}): rename it") from exc
         found.append(SqlMigration(path=path, version=version, name=name))
-    found.sort(key=lambda migration: int(migration.version))
     versions = [migration.version for migration in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"two files in {directory or MIGRATIONS_DIR} share a version")
