@@ -156,13 +156,18 @@ def _server(config: uvicorn.Config, *, banner: str | None) -> uvicorn.Server:
 
 
 def _migrate(_: argparse.Namespace) -> int:
-    from autopilot_api.db.migrations import upgrade_database
+    from autopilot_api.db.migrations import MigrationError, upgrade_database
 
     settings = get_settings()
     if not settings.database_url:
         print("DATABASE_URL is not set: tell me which Postgres to migrate", file=sys.stderr)  # noqa: T201
         return 2
-    upgrade_database(settings.database_url)
+    try:
+        applied = upgrade_database(settings.database_url)
+    except MigrationError as exc:
+        print(exc, file=sys.stderr)  # noqa: T201
+        return 1
+    print(f"applied {', '.join(applied)}" if applied else "no migration pending")  # noqa: T201
     return 0
 
 

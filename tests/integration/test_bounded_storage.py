@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -15,11 +14,9 @@ import httpx
 import psycopg
 import pytest
 import pytest_asyncio
-from psycopg import sql as pg_sql
 
 from autopilot_api.core.config import Settings
-from autopilot_api.db.migrations import upgrade_database
-from autopilot_api.local.dataplane import LocalDataPlane, drop_database, with_database
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.factories import SPA_ORIGIN, make_user
 from tests.fixtures.processes import ServiceProcess, start_service
 from tests.fixtures.sse import collect, sse_messages
@@ -280,48 +277,3 @@ class TestAuditEventRetention:
             "/rpc/cleanup_old_session_events", json={"p_retention_days": 1}
         )
         assert response.status_code in (401, 403, 404), response.text
-
-
-class TestIdsMoveIntoRows:
-    def test_existing_arrays_become_rows_in_order_with_their_fetched_marks(
-        self, data_plane: LocalDataPlane
-    ) -> None:
-        server_url = database_url(data_plane)
-        name = f"autopilot_ids_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
-            conn.execute(pg_sql.SQL("create database {}").format(pg_sql.Identifier(name)))
-        url = with_database(server_url, name)
-        try:
-            upgrade_database(url, "0009")
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute(
-                    "insert into autopilot.sessions (token_hash, expires_at)"
-                    " values (repeat('a', 64), now() + interval '1 day')"
-                )
-                (owner,) = conn.execute("select id from autopilot.sessions").fetchone() or ()
-                conn.execute(
-                    "insert into autopilot.search_sessions (id, owner_session_id, search_query,"
-                    " company_batches, discovered_ids, profiles_fetched, total_discovered)"
-                    " values ('search_1_0000000a', %s, '{}', '[[\"x\"]]', '{30,10,20,40}',"
-                    " '{20,40}', 4), ('search_2_0000000b', %s, '{}', '[[\"x\"]]', '{}', '{}', 0)",
-                    (owner, owner),
-                )
-            upgrade_database(url)
-            with psycopg.connect(url, autocommit=True) as conn:
-                rows = conn.execute(
-                    "select search_session_id, id, position, fetched"
-                    " from autopilot.search_session_ids order by search_session_id, position"
-                ).fetchall()
-                counters = conn.execute(
-                    "select id, total_discovered, fetched_count from autopilot.search_sessions"
-                    " order by id"
-                ).fetchall()
-        finally:
-            drop_database(server_url, name)
-        assert rows == [
-            ("search_1_0000000a", 30, 1, False),
-            ("search_1_0000000a", 10, 2, False),
-            ("search_1_0000000a", 20, 3, True),
-            ("search_1_0000000a", 40, 4, True),
-        ]
-        assert counters == [("search_1_0000000a", 4, 2), ("search_2_0000000b", 0, 0)]

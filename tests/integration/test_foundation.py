@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import re
+import shutil
 import uuid
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -12,7 +14,8 @@ import pytest
 from psycopg import sql
 
 from autopilot_api.core.config import Settings
-from autopilot_api.db.migrations import ALEMBIC_DIR, MIGRATIONS_DIR, upgrade_database
+from autopilot_api.db import migrations
+from autopilot_api.db.migrations import MIGRATIONS_DIR, upgrade_database
 from autopilot_api.local.dataplane import LocalDataPlane, drop_database, with_database
 from tests.conftest import browser_client, make_settings, plane_info, running_app
 
@@ -129,68 +132,65 @@ class TestMigrations:
     def test_rerunning_migrations_is_a_no_op(self, data_plane: LocalDataPlane) -> None:
         url = plane_info(data_plane).database_url
         before = _catalog_snapshot(url)
-        upgrade_database(url)
-        upgrade_database(url)
+        assert upgrade_database(url) == []
+        assert upgrade_database(url) == []
         assert _catalog_snapshot(url) == before
 
-    def test_a_database_migrated_before_auth_users_had_deleted_at_gets_it(
-        self, data_plane: LocalDataPlane
+    def test_a_new_file_is_a_new_revision_and_only_it_runs(
+        self, data_plane: LocalDataPlane, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        """Adding a migration is adding a .sql file: no revision script to write."""
         server_url = plane_info(data_plane).database_url
-        name = f"autopilot_old_{uuid.uuid4().hex[:12]}"
+        name = f"autopilot_new_file_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
         url = with_database(server_url, name)
+        files = tmp_path / "migrations"
+        shutil.copytree(MIGRATIONS_DIR, files)
+        (files / "29991231000000_later.sql").write_text(
+            "create table autopilot.later (id integer primary key);"
+        )
         try:
-            upgrade_database(url, "0006")
-            with psycopg.connect(url, autocommit=True) as conn:
-                # The local auth.users shim as it was before it had the column.
-                conn.execute("alter table auth.users drop column deleted_at")
-            upgrade_database(url)
-            with psycopg.connect(url, autocommit=True) as conn:
-                column = conn.execute(
-                    "select format_type(atttypid, atttypmod) from pg_attribute"
-                    " where attrelid = 'auth.users'::regclass and attname = 'deleted_at'"
-                ).fetchone()
-                triggers = conn.execute(
-                    "select tgname from pg_trigger where tgrelid = 'auth.users'::regclass"
-                    " and not tgisinternal order by 1"
+            first = upgrade_database(url)
+            monkeypatch.setattr(migrations, "MIGRATIONS_DIR", files)
+            second = upgrade_database(url)
+            third = upgrade_database(url)
+            with psycopg.connect(url) as conn:
+                head = conn.execute(
+                    "select version_num from autopilot_private.alembic_version"
                 ).fetchall()
+                history = conn.execute(
+                    "select version from supabase_migrations.schema_migrations order by 1"
+                ).fetchall()
+                table = conn.execute("select to_regclass('autopilot.later')::text").fetchone()
         finally:
             drop_database(server_url, name)
-        assert column == ("timestamp with time zone",)
-        assert triggers == [
-            ("autopilot_on_auth_user_deleted",),
-            ("autopilot_on_auth_user_soft_deleted",),
-        ]
-
-    def test_every_sql_file_has_an_alembic_revision(self) -> None:
-        revisions = "\n".join(path.read_text() for path in (ALEMBIC_DIR / "versions").glob("*.py"))
-        files = sorted(path.name for path in MIGRATIONS_DIR.glob("*.sql"))
-        assert files
-        for name in files:
-            assert re.fullmatch(r"\d{14}_[a-z0-9_]+\.sql", name), "Supabase CLI naming"
-            assert f'"{name}"' in revisions, name
+        assert first == [path.name for path in sorted(MIGRATIONS_DIR.glob("*.sql"))]
+        assert second == ["29991231000000_later.sql"]
+        assert third == []
+        assert head == [("29991231000000",)]
+        assert [version for (version,) in history][-1] == "29991231000000"
+        assert table == ("autopilot.later",)
 
 
-def _schema_objects(database_url: str) -> tuple[list[str], list[tuple[str, str]]]:
+# Every function of our schemas that anon, authenticated or PUBLIC may execute. A function
+# privilege only (USAGE on autopilot_private is withheld too, a second fence).
+_EXECUTABLE_BY_API_ROLES = """
+    select p.oid::regprocedure::text, r.rolname
+    from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+    cross join (values ('anon'), ('authenticated'), ('public')) as r(rolname)
+    where n.nspname in ('autopilot', 'autopilot_private')
+      and has_function_privilege(r.rolname, p.oid, 'execute')
+"""
+
+
+def _relations(database_url: str) -> list[str]:
     with psycopg.connect(database_url) as conn:
-        relations = [
-            row[0]
-            for row in conn.execute(
-                """select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
-                   where n.nspname = 'autopilot' and c.relkind in ('r', 'p', 'v', 'm')"""
-            ).fetchall()
-        ]
-        functions = [
-            (row[0], row[1])
-            for row in conn.execute(
-                """select p.proname, pg_get_function_identity_arguments(p.oid)
-                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                   where n.nspname = 'autopilot'"""
-            ).fetchall()
-        ]
-    return relations, functions
+        rows = conn.execute(
+            """select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace
+               where n.nspname = 'autopilot' and c.relkind in ('r', 'p', 'v', 'm')"""
+        ).fetchall()
+    return [row[0] for row in rows]
 
 
 class TestAnonKeyLockout:
@@ -198,7 +198,7 @@ class TestAnonKeyLockout:
     async def test_anon_key_reads_no_row_of_any_table_or_view(
         self, data_plane: LocalDataPlane, anon_rest: httpx.AsyncClient
     ) -> None:
-        relations, _ = _schema_objects(plane_info(data_plane).database_url)
+        relations = _relations(plane_info(data_plane).database_url)
         for relation in relations:
             response = await anon_rest.get(f"/{relation}", params={"limit": "5"})
             refused = response.status_code in (401, 403)
@@ -206,18 +206,39 @@ class TestAnonKeyLockout:
             assert refused or empty, (relation, response.status_code, response.text[:200])
 
     @ASYNC
-    async def test_anon_key_executes_no_function(
-        self, data_plane: LocalDataPlane, anon_rest: httpx.AsyncClient, client: httpx.AsyncClient
+    async def test_anon_key_cannot_execute_a_function_it_calls_correctly(
+        self, rest: httpx.AsyncClient, anon_rest: httpx.AsyncClient, client: httpx.AsyncClient
     ) -> None:
         # Warm PostgREST's plan cache as the service role first: a cached plan must not
         # carry the service role's privileges over to anon.
         assert (await client.get("/readyz")).status_code == 200
-        _, functions = _schema_objects(plane_info(data_plane).database_url)
-        assert functions, "the schema has functions to check"
-        for name, _args in functions:
-            response = await anon_rest.post(f"/rpc/{name}", json={})
-            # 401/403: permission denied. 404: PostgREST will not even show it.
-            assert response.status_code in (401, 403, 404), (name, response.status_code)
+        # Arguments PostgREST resolves to the function (the service key gets an answer),
+        # so anon's refusal is a permission denied, never a function not found.
+        call = {"p_token_hash": "0" * 64, "p_lifetime_seconds": 60}
+        assert (await rest.post("/rpc/resolve_session", json=call)).status_code == 200
+        for path, body in (("/rpc/resolve_session", call), ("/rpc/ping", {})):
+            response = await anon_rest.post(path, json=body)
+            assert response.status_code in (401, 403), (path, response.status_code)
+            error = response.json()
+            # Refused at the function itself, not at a table its body reads.
+            assert error["code"] == "42501", response.text
+            assert error["message"].startswith("permission denied for function"), error
+
+    @ASYNC
+    async def test_the_http_probe_sees_a_function_granted_to_anon(
+        self, data_plane: LocalDataPlane, anon_rest: httpx.AsyncClient
+    ) -> None:
+        """The probe above is not vacuous: with a grant to anon, the same call succeeds."""
+        url = plane_info(data_plane).database_url
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("grant execute on function autopilot.ping() to anon")
+        try:
+            response = await anon_rest.post("/rpc/ping", json={})
+        finally:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("revoke execute on function autopilot.ping() from anon")
+        assert response.status_code == 200
+        assert response.json() == "ok"
 
     @ASYNC
     async def test_service_key_can_execute_what_anon_cannot(self, rest: httpx.AsyncClient) -> None:
@@ -225,29 +246,56 @@ class TestAnonKeyLockout:
         assert response.status_code == 200
         assert response.json() == "ok"
 
-    def test_no_function_in_the_schema_is_executable_by_public_roles(
+    def test_no_function_is_executable_by_anon_authenticated_or_public(
         self, data_plane: LocalDataPlane
     ) -> None:
         with psycopg.connect(plane_info(data_plane).database_url) as conn:
-            exposed = conn.execute(
-                """select p.oid::regprocedure::text, r.rolname
-                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                   cross join (values ('anon'), ('authenticated')) as r(rolname)
-                   where n.nspname = 'autopilot'
-                     and has_function_privilege(r.rolname, p.oid, 'execute')"""
-            ).fetchall()
-        assert exposed == []
+            assert conn.execute(_EXECUTABLE_BY_API_ROLES + " limit 1").fetchall() == []
+            (functions,) = conn.execute(
+                "select count(*) from pg_proc p join pg_namespace n on n.oid = p.pronamespace"
+                " where n.nspname in ('autopilot', 'autopilot_private')"
+            ).fetchone() or (0,)
+        assert functions > 40  # the check had something to look at
 
-    def test_every_function_pins_its_search_path(self, data_plane: LocalDataPlane) -> None:
+    def test_the_privilege_check_sees_a_grant(self, data_plane: LocalDataPlane) -> None:
+        """Each way a function could leak is found (each granted in a rolled-back transaction)."""
+        grants = [
+            "grant execute on function autopilot.ping() to anon",
+            "grant execute on function autopilot.ping() to authenticated",
+            "grant execute on function autopilot_private.fail(integer, text, text, jsonb)"
+            " to public",
+        ]
+        with psycopg.connect(plane_info(data_plane).database_url) as conn:
+            for grant in grants:
+                conn.execute(grant)  # type: ignore[arg-type]
+                assert conn.execute(_EXECUTABLE_BY_API_ROLES).fetchall(), grant
+                conn.rollback()
+
+    def test_every_function_pins_an_empty_search_path(self, data_plane: LocalDataPlane) -> None:
         with psycopg.connect(plane_info(data_plane).database_url) as conn:
             unpinned = conn.execute(
                 """select p.oid::regprocedure::text
                    from pg_proc p join pg_namespace n on n.oid = p.pronamespace
-                   where n.nspname = 'autopilot'
-                     and not coalesce(p.proconfig, '{}')
-                             && array['search_path=pg_catalog, pg_temp']"""
+                   where n.nspname in ('autopilot', 'autopilot_private')
+                     and not coalesce(p.proconfig, '{}') @> array['search_path=""']"""
             ).fetchall()
         assert unpinned == []
+
+    def test_nothing_in_the_exposed_schema_is_security_definer(
+        self, data_plane: LocalDataPlane
+    ) -> None:
+        with psycopg.connect(plane_info(data_plane).database_url) as conn:
+            definers = conn.execute(
+                """select n.nspname, p.proname
+                   from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+                   where n.nspname in ('autopilot', 'autopilot_private') and p.prosecdef
+                   order by 1, 2"""
+            ).fetchall()
+        # Only the two that must act as the owner, both private (never exposed by PostgREST).
+        assert definers == [
+            ("autopilot_private", "handle_auth_user_deleted"),
+            ("autopilot_private", "prune_session_events"),
+        ]
 
     def test_every_table_has_row_level_security(self, data_plane: LocalDataPlane) -> None:
         with psycopg.connect(plane_info(data_plane).database_url) as conn:

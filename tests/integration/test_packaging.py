@@ -33,7 +33,6 @@ from tests.fixtures.processes import service_env
 
 MIGRATIONS = PROJECT_ROOT / "supabase" / "migrations"
 LOCAL_SHIM = PROJECT_ROOT / "supabase" / "local"
-ALEMBIC_VERSIONS = PROJECT_ROOT / "src" / "autopilot_api" / "db" / "alembic" / "versions"
 SCHEMAS = ("autopilot", "autopilot_private")
 
 
@@ -106,7 +105,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 
 class TestTheWheel:
-    def test_carries_the_sql_and_the_alembic_revisions(self, installed: Installed) -> None:
+    def test_carries_the_sql_and_the_alembic_environment(self, installed: Installed) -> None:
         with zipfile.ZipFile(installed.wheel) as wheel:
             names = set(wheel.namelist())
             for sql in MIGRATIONS.glob("*.sql"):
@@ -115,12 +114,11 @@ class TestTheWheel:
                 assert wheel.read(packaged) == sql.read_bytes()
             for sql in LOCAL_SHIM.glob("*.sql"):
                 assert f"autopilot_api/sql/local/{sql.name}" in names
+            # The revisions are the SQL files: env.py derives them, there is no versions/.
             assert "autopilot_api/db/alembic/env.py" in names
-            for revision in ALEMBIC_VERSIONS.glob("*.py"):
-                assert f"autopilot_api/db/alembic/versions/{revision.name}" in names
             (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
             assert "autopilot-api = autopilot_api.cli:main" in wheel.read(entry_points).decode()
-        assert len(list(MIGRATIONS.glob("*.sql"))) >= 6
+        assert list(MIGRATIONS.glob("*.sql"))
         # Only the package at the top level: no module called `src` in site-packages.
         top_level = {name.split("/")[0] for name in names}
         assert "autopilot_api" in top_level

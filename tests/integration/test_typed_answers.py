@@ -20,7 +20,12 @@ from fastapi import FastAPI
 
 from autopilot_api.core.config import Settings
 from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services.extraction_constants import QUESTION_BY_KEY, QUESTION_KEYS_IN_ORDER
+from autopilot_api.services import answer_validation
+from autopilot_api.services.extraction_constants import (
+    QUESTION_BY_KEY,
+    QUESTION_KEYS_IN_ORDER,
+    DiscoveryQuestion,
+)
 from tests.conftest import browser_client, plane_info, running_app
 from tests.fixtures.factories import answer, make_user, start_session, valid_value
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply
@@ -482,17 +487,101 @@ class TestLegacyValuesInTheClaim:
         assert profile["roiInputs"]["laborRate"] == 20
 
 
-class TestSqlAgreesWithPython:
-    def test_the_merges_rules_are_the_catalogues(self, data_plane: LocalDataPlane) -> None:
-        from autopilot_api.services.answer_validation import catalogue_rules
+class TestTheCatalogueReachesSqlAsData:
+    """The SQL merges judge stored values by the rules the service passes (`p_rules`, from
+    catalogue_rules()): SQL keeps no copy of the catalogue, so a question added in Python is
+    judged in SQL without a migration."""
 
-        with psycopg.connect(plane_info(data_plane).database_url) as conn:
-            row = conn.execute("select autopilot_private.answer_rules()").fetchone()
-        assert row is not None
-        assert row[0] == catalogue_rules()
+    @ASYNC
+    async def test_a_question_added_only_in_python_is_judged_by_the_claims_merge(
+        self,
+        client: httpx.AsyncClient,
+        settings: Settings,
+        data_plane: LocalDataPlane,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        new_question = DiscoveryQuestion(
+            id=len(answer_validation.DISCOVERY_QUESTIONS) + 1,
+            key="forklift_count",
+            label="How many forklifts run on the floor?",
+            group="operations",
+            kind="number",
+            minimum=0,
+            maximum=50,
+        )
+        monkeypatch.setattr(
+            answer_validation,
+            "DISCOVERY_QUESTIONS",
+            (*answer_validation.DISCOVERY_QUESTIONS, new_question),
+        )
+        now = datetime.now(UTC)
+        old, new = now - timedelta(days=2), now - timedelta(hours=1)
+
+        def entry(value: int, source: str, at: datetime) -> dict[str, Any]:
+            return {
+                "questionId": new_question.id,
+                "key": new_question.key,
+                "label": new_question.label,
+                "group": new_question.group,
+                "value": value,
+                "source": source,
+                "updatedAt": iso(at),
+            }
+
+        user = make_user(settings)
+        assert (await client.get("/api/v1/discovery", headers=user.headers)).status_code == 200
+        # The profile's extracted, older value fits; the session's own, newer one does not
+        # (above the maximum of 50): only a merge that knows the new question prefers the
+        # profile's (without its rule, the person's newer answer would win).
+        store_directly(
+            data_plane, user_id=user.id, answers={"forklift_count": entry(12, "extracted", old)}
+        )
+        token = await start_session(client)
+        store_directly(
+            data_plane, session_token=token, answers={"forklift_count": entry(500, "user", new)}
+        )
+
+        response = await client.post("/api/v1/sessions/claim", headers=user.headers)
+
+        assert response.status_code == 200, response.text
+        assert response.json()["profile"]["answers"]["forklift_count"]["value"] == 12
+
+    @ASYNC
+    async def test_the_extraction_merge_judges_by_the_rules_it_is_given(
+        self, client: httpx.AsyncClient, rest: httpx.AsyncClient, data_plane: LocalDataPlane
+    ) -> None:
+        """A person's stored answer is overwritten by extraction only when it does not fit
+        its rule: with a rule for a key SQL has never seen, and without one."""
+        at = iso(datetime.now(UTC) - timedelta(days=1))
+        outcomes = {}
+        for rules in ({"forklift_count": {"kind": "number", "minimum": 0, "maximum": 50}}, {}):
+            token = await start_session(client)
+            stored = {"forklift_count": {"value": 500, "source": "user", "updatedAt": at}}
+            store_directly(data_plane, session_token=token, answers=stored)
+            with psycopg.connect(plane_info(data_plane).database_url) as conn:
+                (session_id,) = conn.execute(
+                    "select id::text from autopilot.sessions where token_hash = %s",
+                    (token_hash(token),),
+                ).fetchone() or (None,)
+            merged = await rest.post(
+                "/rpc/merge_extracted_progress",
+                json={
+                    "p_session_id": session_id,
+                    "p_profile_id": None,
+                    "p_answers": {
+                        "forklift_count": {"value": 8, "source": "extracted", "updatedAt": at}
+                    },
+                    "p_roi_inputs": {},
+                    "p_rules": rules,
+                },
+            )
+            assert merged.status_code == 200, merged.text
+            outcomes[bool(rules)] = merged.json()["changed_keys"]
+            client.cookies.clear()
+        assert outcomes == {True: ["forklift_count"], False: []}
 
     def test_sql_and_python_judge_stored_values_alike(self, data_plane: LocalDataPlane) -> None:
-        from autopilot_api.services.answer_validation import is_valid_stored
+        from autopilot_api.services.answer_validation import catalogue_rules, is_valid_stored
 
         samples: list[tuple[str, Any]] = []
         keys = [*QUESTION_KEYS_IN_ORDER, "laborRate", "utilization", "manualMonthlyHours"]
@@ -503,12 +592,13 @@ class TestSqlAgreesWithPython:
                 samples.append((key, value))
         samples += [("facility_type", " COLD storage "), ("budget_range", "OVER $1m")]
         samples += [("not_a_key", "anything")]
+        rules = json.dumps(catalogue_rules())
         with psycopg.connect(plane_info(data_plane).database_url) as conn:
             in_sql = [
                 conn.execute(
                     "select autopilot_private.entry_is_valid("
-                    "%s, jsonb_build_object('value', %s::jsonb))",
-                    (key, json.dumps(value)),
+                    "%s::jsonb -> %s, jsonb_build_object('value', %s::jsonb))",
+                    (rules, key, json.dumps(value)),
                 ).fetchone()
                 for key, value in samples
             ]

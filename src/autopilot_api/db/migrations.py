@@ -1,20 +1,25 @@
-"""Apply `supabase/migrations/*.sql` to any Postgres through Alembic.
+"""`autopilot-api migrate`: Alembic applying `supabase/migrations/*.sql`, in step with the
+Supabase CLI.
 
-The SQL files are the single source of truth (the Supabase CLI applies the same files);
-each Alembic revision runs one of them, so `alembic upgrade head` migrates a plain
-Postgres given by DATABASE_URL and re-running it is a no-op.
+The SQL files are the migrations, as the Supabase CLI reads them (`supabase db push`); there
+is no Alembic revision script to write. Each file is one Alembic revision, derived here from
+its name: the revision id is the file's CLI version (`20261201000000_baseline.sql` is
+revision `20261201000000`) and its parent the file before it. So Alembic's version table
+(`autopilot_private.alembic_version`) says which file a database is at, `alembic upgrade
+head` (alembic.ini) and `migrate` run the same code, and adding a migration is adding a file.
 
-Either tool may migrate a database the other has migrated: every file applied here is
-also recorded in the CLI's own history (`supabase_migrations.schema_migrations`), so a
-later `supabase db push` finds it applied, and a revision whose file the CLI has already
-applied is only marked done (stamped) instead of run again.
+Either tool may migrate a database the other has migrated: every file applied here is also
+recorded in the CLI's own history (`supabase_migrations.schema_migrations`), in the same
+transaction, so a later `db push` finds it applied; a file the CLI has applied already is
+not run again, only marked done in Alembic's table.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+import types
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,42 +52,23 @@ _CREATE_CLI_HISTORY = (
 )
 # The CLI's migrateFilePattern: `<version>_<name>.sql`.
 _CLI_FILE_NAME = re.compile(r"^([0-9]+)_(.*)\.sql$")
-# How a revision names its file: apply_migration(op.get_bind(), "<file>.sql").
-_REVISION_FILE = re.compile(r"""["']([0-9]+_[^"'/]*\.sql)["']""")
 
 
-def sqlalchemy_url(database_url: str) -> str:
-    """Use the psycopg 3 driver whatever scheme the URL was given with."""
-    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
-        if database_url.startswith(prefix):
-            return "postgresql+psycopg://" + database_url[len(prefix) :]
-    raise ValueError("DATABASE_URL must be a postgresql:// URL")
+class MigrationError(RuntimeError):
+    """A database the migrations cannot bring up to date, said in one line."""
 
 
-def _driver_connection(bind: Any) -> Any:
-    # The raw psycopg connection: it runs multi-statement SQL without parsing `%`.
-    return bind.connection.driver_connection
+@dataclass(frozen=True)
+class SqlMigration:
+    """One file of supabase/migrations, named as the Supabase CLI expects."""
 
+    path: Path
+    version: str
+    name: str
 
-def run_sql_file(bind: Any, path: Path) -> None:
-    _driver_connection(bind).execute(path.read_text(encoding="utf-8"))
-
-
-def is_supabase_database(bind: Any) -> bool:
-    row = (
-        _driver_connection(bind)
-        .execute("select exists (select 1 from pg_roles where rolname = 'supabase_admin')")
-        .fetchone()
-    )
-    return bool(row and row[0])
-
-
-def apply_local_shim(bind: Any) -> None:
-    """Roles, the auth schema and default privileges, only where Supabase is absent."""
-    if is_supabase_database(bind):
-        return
-    for path in sorted(LOCAL_SHIM_DIR.glob("*.sql")):
-        run_sql_file(bind, path)
+    @property
+    def filename(self) -> str:
+        return self.path.name
 
 
 def cli_version(filename: str) -> tuple[str, str]:
@@ -93,6 +79,45 @@ def cli_version(filename: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+def sql_migrations(directory: Path | None = None) -> list[SqlMigration]:
+    """The migration files in the order both tools apply them (by file name, as the CLI
+    lists them)."""
+    found = []
+    for path in sorted((directory or MIGRATIONS_DIR).glob("*.sql")):
+        try:
+            version, name = cli_version(path.name)
+        except ValueError as exc:
+            raise MigrationError(f"{exc} (in {path.parent}): rename it") from exc
+        found.append(SqlMigration(path=path, version=version, name=name))
+    versions = [migration.version for migration in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two files in {directory or MIGRATIONS_DIR} share a version")
+    return found
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """Use the psycopg 3 driver whatever scheme the URL was given with."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
+    raise ValueError("DATABASE_URL must be a postgresql:// URL")
+
+
+def is_supabase_database(conn: Any) -> bool:
+    row = conn.execute(
+        "select exists (select 1 from pg_roles where rolname = 'supabase_admin')"
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def apply_local_shim(conn: Any) -> None:
+    """Roles, the auth schema and default privileges, only where Supabase is absent."""
+    if is_supabase_database(conn):
+        return
+    for path in sorted(LOCAL_SHIM_DIR.glob("*.sql")):
+        conn.execute(path.read_text(encoding="utf-8"))
+
+
 def cli_applied_versions(conn: Any) -> set[str]:
     """The versions in the Supabase CLI's history (none when it has never run)."""
     row = conn.execute("select to_regclass(%s) is not null", (CLI_HISTORY_TABLE,)).fetchone()
@@ -101,65 +126,88 @@ def cli_applied_versions(conn: Any) -> set[str]:
     return {version for (version,) in conn.execute(f"select version from {CLI_HISTORY_TABLE}")}
 
 
-def record_in_cli_history(conn: Any, filenames: Iterable[str]) -> None:
-    """Record applied files as `supabase db push` does, so that it will not apply them again."""
+def record_in_cli_history(conn: Any, migration: SqlMigration) -> None:
+    """Record an applied file as `supabase db push` does, so that it will not apply it again."""
     for statement in _CREATE_CLI_HISTORY:
         conn.execute(statement)
-    for filename in filenames:
-        version, name = cli_version(filename)
-        # The CLI stores the file split into statements; the whole file is one statement
-        # here (`supabase migration fetch` writes them back joined by ";").
-        text = (MIGRATIONS_DIR / filename).read_text(encoding="utf-8").rstrip().removesuffix(";")
-        conn.execute(
-            f"insert into {CLI_HISTORY_TABLE} (version, name, statements) values (%s, %s, %s)"
-            " on conflict (version) do nothing",
-            (version, name, [text]),
-        )
+    # The CLI stores the file split into statements; the whole file is one statement here
+    # (`supabase migration fetch` writes them back joined by ";").
+    text = migration.path.read_text(encoding="utf-8").rstrip().removesuffix(";")
+    conn.execute(
+        f"insert into {CLI_HISTORY_TABLE} (version, name, statements) values (%s, %s, %s)"
+        " on conflict (version) do nothing",
+        (migration.version, migration.name, [text]),
+    )
 
 
-def apply_migration(bind: Any, filename: str) -> None:
-    """Run one file and record it for the CLI, in the revision's transaction; a file the
-    CLI has applied already is skipped, so Alembic only marks the revision done."""
-    conn = _driver_connection(bind)
-    if cli_version(filename)[0] in cli_applied_versions(conn):
-        logger.info("%s was applied by the Supabase CLI: not running it again", filename)
+def _apply(migration: SqlMigration, *, first: bool, applied: list[str] | None = None) -> None:
+    """A revision's upgrade: run the file and record it for the CLI, in the revision's
+    transaction; a file the CLI has applied already is skipped (Alembic only marks it done)."""
+    from alembic import op
+
+    # The raw psycopg connection: it runs multi-statement SQL without parsing `%`.
+    conn: Any = op.get_bind().connection.driver_connection
+    if migration.version in cli_applied_versions(conn):
+        logger.info("%s was applied by the Supabase CLI: not running it again", migration.filename)
         return
-    run_sql_file(bind, MIGRATIONS_DIR / filename)
-    record_in_cli_history(conn, [filename])
+    if first:
+        apply_local_shim(conn)
+    conn.execute(migration.path.read_text(encoding="utf-8"))
+    record_in_cli_history(conn, migration)
+    if applied is not None:
+        applied.append(migration.filename)
 
 
-def revision_files(script_dir: Any) -> list[str]:
-    """The SQL file of every Alembic revision (the shim's revision has none)."""
-    files: set[str] = set()
-    for script in script_dir.walk_revisions():
-        files.update(_REVISION_FILE.findall(Path(script.path).read_text(encoding="utf-8")))
-    return sorted(files)
+def revision_map() -> Any:
+    """Alembic's revisions, one per SQL file: what env.py hands Alembic instead of the
+    revision scripts a `versions/` folder would hold."""
+    from alembic.script import Script
+    from alembic.script.revision import RevisionMap
+
+    def load() -> Any:
+        parent = None
+        for index, migration in enumerate(sql_migrations()):
+
+            def upgrade(
+                migration: SqlMigration = migration, first: bool = index == 0, **kw: Any
+            ) -> None:
+                _apply(migration, first=first, applied=kw.get("applied"))
+
+            def downgrade(**_: Any) -> None:
+                raise NotImplementedError("migrations are forward-only, as with the Supabase CLI")
+
+            module = types.ModuleType(f"autopilot_api_migration_{migration.version}")
+            module.__doc__ = f"supabase/migrations/{migration.filename}"
+            module.down_revision = parent  # type: ignore[attr-defined]
+            module.upgrade = upgrade  # type: ignore[attr-defined]
+            module.downgrade = downgrade  # type: ignore[attr-defined]
+            yield Script(module, migration.version, migration.path)
+            parent = migration.version
+
+    return RevisionMap(load)
 
 
-def upgrade_database(database_url: str, revision: str = "head") -> None:
-    """`alembic upgrade head` (or up to `revision`) against the given database."""
+def upgrade_database(database_url: str, revision: str = "head") -> list[str]:
+    """`alembic upgrade head` (or up to `revision`, a file's version) against the given
+    database. Returns the files it ran, in order (none: nothing was pending)."""
     from alembic import command
     from alembic.config import Config
+    from alembic.util import CommandError
 
     config = Config()
     config.set_main_option("script_location", str(ALEMBIC_DIR))
     config.attributes["database_url"] = database_url
-    command.upgrade(config, revision)
-    if revision != "head":
-        return
-    # A database migrated before the CLI history was kept has every revision applied
-    # and no CLI history: record it now. No DDL when the history is complete.
-    from alembic.script import ScriptDirectory
-    from sqlalchemy import create_engine, pool
-
-    files = revision_files(ScriptDirectory.from_config(config))
-    engine = create_engine(sqlalchemy_url(database_url), poolclass=pool.NullPool)
+    applied: list[str] = []
+    config.attributes["applied"] = applied
     try:
-        with engine.begin() as connection:
-            conn = _driver_connection(connection)
-            recorded = cli_applied_versions(conn)
-            missing = [name for name in files if cli_version(name)[0] not in recorded]
-            if missing:
-                record_in_cli_history(conn, missing)
-    finally:
-        engine.dispose()
+        command.upgrade(config, revision)
+    except CommandError as exc:
+        if "Can't locate revision" not in str(exc):
+            raise MigrationError(f"cannot migrate: {exc}") from exc
+        # The database is at a revision no file here has (before the squash into the
+        # baseline, revisions were numbered 0001, 0002...).
+        raise MigrationError(
+            f"cannot migrate: {exc}; the database was migrated by another set of "
+            "supabase/migrations: recreate it (a local one: delete LOCAL_DATA_DIR, .local/)"
+        ) from exc
+    return applied

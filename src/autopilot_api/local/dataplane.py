@@ -30,7 +30,7 @@ from psycopg import sql
 
 from autopilot_api.core.config import PROJECT_ROOT
 from autopilot_api.core.security import mint_role_key
-from autopilot_api.db.migrations import upgrade_database
+from autopilot_api.db.migrations import MigrationError, upgrade_database
 
 logger = logging.getLogger(__name__)
 
@@ -443,7 +443,12 @@ class LocalDataPlane:
         server_url = self._start_postgres()
         ensure_database(server_url, self.database_name)
         database_url = with_database(server_url, self.database_name)
-        upgrade_database(database_url)
+        try:
+            applied = upgrade_database(database_url)
+        except MigrationError as exc:
+            raise DataPlaneStartError(f"{exc} (the local database is in {self.data_dir})") from exc
+        if applied:
+            logger.info("migrations applied: %s", ", ".join(applied))
 
         password = _read_or_create_secret(self.data_dir / "authenticator_password", 24)
         with psycopg.connect(database_url, autocommit=True) as conn:

@@ -8,8 +8,9 @@ answer enters.
   "1,200 sq ft", "yes", "warehouse" for "warehouse / distribution center"), then apply the
   strict check. The offline agent and extraction use them.
 
-The claim's merge judges stored values in SQL (autopilot_private.entry_is_valid) by
-`catalogue_rules()`, which a test keeps equal to the SQL copy.
+The merges in SQL (the claim's, extraction's) judge stored values by `catalogue_rules()`,
+which the services pass to them as data (autopilot_private.entry_is_valid): SQL keeps no copy,
+so a new question needs no migration.
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ def _rule(question: DiscoveryQuestion) -> dict[str, Any]:
 
 
 def catalogue_rules() -> dict[str, dict[str, Any]]:
-    """Per key, what a stored value must be: autopilot_private.answer_rules() in SQL."""
+    """Per key, what a stored value must be: the `p_rules` the SQL merges judge by."""
     rules = {question.key: _rule(question) for question in DISCOVERY_QUESTIONS}
     for spec in ROI_INPUTS:
         rules[spec.key] = {"kind": "number", "minimum": spec.minimum, "maximum": spec.maximum}

@@ -11,6 +11,7 @@ from autopilot_api.core.supabase import call_rpc
 from autopilot_api.models.auth import UserContext
 from autopilot_api.models.discovery_profile import ClaimOutcome, DiscoveryProfile
 from autopilot_api.schemas.discovery import DiscoveryProfileUpdate
+from autopilot_api.services.answer_validation import catalogue_rules
 from autopilot_api.services.event_bus import EventBus, profile_subject, session_subject
 from autopilot_api.services.phases import phase_keys_for
 from autopilot_api.services.progress import build_progress_patch
@@ -74,6 +75,8 @@ class DiscoveryProfileService:
                 "p_user_id": str(user.id),
                 "p_email": user.email,
                 "p_dry_run": dry_run,
+                # The merge judges stored answers by the catalogue's rules (no copy in SQL).
+                "p_rules": catalogue_rules(),
             },
         )
         claim = cast(ClaimOutcome, outcome)

@@ -25,6 +25,7 @@ from autopilot_api.models.session import DiscoveryAnswer, ROIInputEntry
 from autopilot_api.services.answer_validation import (
     ROI_BY_KEY,
     InvalidAnswer,
+    catalogue_rules,
     expected_form,
     parse_answer,
     validate_roi_input,
@@ -397,6 +398,8 @@ class ProfileExtractionService:
                 "p_answers": answers,
                 "p_roi_inputs": roi_inputs,
                 "p_phase_keys": PHASE_KEYS,
+                # The merge judges stored answers by the catalogue's rules (no copy in SQL).
+                "p_rules": catalogue_rules(),
             },
         )
         return cast(dict[str, Any], result)

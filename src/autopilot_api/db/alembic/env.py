@@ -1,4 +1,5 @@
-"""Alembic environment: one connection to DATABASE_URL, version table kept private."""
+"""Alembic environment: one connection to DATABASE_URL, version table kept private, and
+the revisions derived from supabase/migrations/*.sql (see autopilot_api.db.migrations)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool, text
 
-from autopilot_api.db.migrations import VERSION_TABLE_SCHEMA, sqlalchemy_url
+from autopilot_api.db.migrations import VERSION_TABLE_SCHEMA, revision_map, sqlalchemy_url
 
 config = context.config
+# The SQL files are the revisions: there is no versions/ folder to read.
+context.script.revision_map = revision_map()
 
 
 def _database_url() -> str:
@@ -30,7 +33,7 @@ def run_migrations_online() -> None:
             transaction_per_migration=True,
         )
         with context.begin_transaction():
-            context.run_migrations()
+            context.run_migrations(applied=config.attributes.get("applied"))
     engine.dispose()
 
 

@@ -1,12 +1,25 @@
--- A signed-in browser's EventSource reconnects to the very URL it was opened with (the
--- ticket, now spent, included), sending only Last-Event-ID and its cookies. So the first
--- use of a ticket also hands out a stream credential, set as an HttpOnly cookie scoped to
--- the events path; a reconnect is accepted with the spent ticket AND a live credential of
--- the same user, never with the ticket alone (someone who saw the URL later has no cookie).
--- Both live no longer than the access token that bought the ticket (`not_after`, its exp).
-
-alter table autopilot.event_tickets add column used_at timestamptz;
-alter table autopilot.event_tickets add column not_after timestamptz;
+-- Who may open the live event stream without an Authorization header. EventSource cannot
+-- send one, so a signed-in browser trades its bearer token for a short-lived, single-use
+-- ticket (stored hashed) to put in the stream's URL. A native EventSource reconnects to the
+-- very URL it was opened with (the ticket, now spent, included), sending only Last-Event-ID
+-- and its cookies. So the first use of a ticket also hands out a stream credential, set as
+-- an HttpOnly cookie scoped to the events path; a reconnect is accepted with the spent
+-- ticket AND a live credential of the same user, never with the ticket alone (someone who
+-- saw the URL later has no cookie). Both live no longer than the access token that bought
+-- the ticket (`not_after`, its exp).
+create table autopilot.event_tickets (
+  ticket_hash text primary key check (ticket_hash ~ '^[0-9a-f]{64}$'),
+  profile_id uuid not null,
+  expires_at timestamptz not null,
+  created_at timestamptz not null default now(),
+  used_at timestamptz,
+  not_after timestamptz
+);
+create index event_tickets_expires_idx on autopilot.event_tickets (expires_at);
+alter table autopilot.event_tickets enable row level security;
+revoke all on autopilot.event_tickets from public, anon, authenticated;
+grant all on autopilot.event_tickets to service_role;
+grant select on autopilot.event_tickets to authenticated;
 
 create table autopilot.event_stream_credentials (
   credential_hash text primary key check (credential_hash ~ '^[0-9a-f]{64}$'),
@@ -19,15 +32,16 @@ create table autopilot.event_stream_credentials (
 );
 create index event_stream_credentials_expires_idx
   on autopilot.event_stream_credentials (expires_at);
-
--- The ticket now knows its token's expiry; the old signature goes (it could not tell).
-drop function if exists autopilot.issue_event_ticket(text, uuid, integer);
-drop function if exists autopilot.consume_event_ticket(text);
+alter table autopilot.event_stream_credentials enable row level security;
+revoke all on autopilot.event_stream_credentials from public, anon, authenticated;
+grant all on autopilot.event_stream_credentials to service_role;
+grant select on autopilot.event_stream_credentials to authenticated;
 
 create or replace function autopilot.issue_event_ticket(
   p_ticket_hash text, p_profile_id uuid, p_ttl_seconds integer, p_not_after timestamptz
 ) returns timestamptz
 language plpgsql
+set search_path = ''
 as $$
 declare
   expiry timestamptz := least(now() + make_interval(secs => p_ttl_seconds), p_not_after);
@@ -44,6 +58,10 @@ begin
   return expiry;
 end
 $$;
+revoke all on function autopilot.issue_event_ticket(text, uuid, integer, timestamptz)
+  from public, anon, authenticated;
+grant execute on function autopilot.issue_event_ticket(text, uuid, integer, timestamptz)
+  to service_role;
 
 -- Opens (or re-opens) a stream with a ticket. Returns null when refused, else
 -- {profileId, notAfter, credentialExpiresAt, issued}: `issued` when this was the ticket's
@@ -55,6 +73,7 @@ create or replace function autopilot.open_event_stream(
   p_credential_ttl_seconds integer
 ) returns jsonb
 language plpgsql
+set search_path = ''
 as $$
 declare
   t autopilot.event_tickets;
@@ -101,5 +120,7 @@ begin
                             'credentialExpiresAt', c.expires_at, 'issued', false);
 end
 $$;
-
-select autopilot_private.secure_schema();
+revoke all on function autopilot.open_event_stream(text, text, text, integer)
+  from public, anon, authenticated;
+grant execute on function autopilot.open_event_stream(text, text, text, integer)
+  to service_role;
