@@ -291,9 +291,10 @@ def test_requests_over_the_rate_get_429_and_another_address_does_not(
     with client(edge, attacker) as http:
         answers = [http.get("/healthz") for _ in range(10)]
     statuses = [answer.status_code for answer in answers]
-    # One a second, and two more at once: 3 of 10 sent in well under a second.
-    assert statuses.count(200) in (3, 4), statuses
-    assert statuses.count(429) >= 6, statuses
+    # One a second, and two more at once: the first 3 pass, then about one a second.
+    assert statuses[:3] == [200, 200, 200], statuses
+    assert statuses.count(429) >= 5, statuses
+    assert set(statuses) == {200, 429}, statuses
     limited = next(answer for answer in answers if answer.status_code == 429)
     assert_envelope(limited, 429, "rate_limited", "temporary")
     assert limited.headers["retry-after"] == "1"
