@@ -1,5 +1,7 @@
 # The production image: the API only, against a hosted Supabase project
 # (SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY). Nothing local is started in it.
+# It runs behind the edge (deploy/nginx), which owns slow clients, per-address limits and
+# request sizes; set TRUSTED_PROXY_IPS to the edge's address (docker-compose.yml does).
 # Installs from uv.lock as the Makefile does (`uv sync --frozen`), without the dev/local extras.
 FROM python:3.11-slim
 
@@ -28,5 +30,5 @@ USER autopilot
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8000\")}/healthz', timeout=2)"
-# The console script, not bare uvicorn: it sets the server's limits.
+# The console script, not bare uvicorn: its protocol bounds what a pipelining client costs.
 CMD ["autopilot-api", "serve"]

@@ -22,6 +22,7 @@ from tests.fixtures.factories import SPA_ORIGIN
 pytest_plugins = [
     "tests.fixtures.dataplane",
     "tests.fixtures.processes",
+    "tests.fixtures.nginx",
     "tests.fixtures.fake_openai",
     "tests.fixtures.redis",
     "tests.fixtures.browser",

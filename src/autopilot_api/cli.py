@@ -63,7 +63,7 @@ def _serve(_: argparse.Namespace) -> int:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    from autopilot_api.core.http_limits import ServedHttpToolsProtocol
+    from autopilot_api.core.http_protocol import PipelineBoundHttpToolsProtocol
     from autopilot_api.core.logging import configure_logging
     from autopilot_api.core.metrics_export import MetricsExport
 
@@ -89,9 +89,8 @@ def _serve(_: argparse.Namespace) -> int:
         log_config=None,
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
         timeout_keep_alive=settings.keepalive_timeout_seconds,
-        # The header size and read-time limits and the connection cap uvicorn lacks, and
-        # one write per small response.
-        http=ServedHttpToolsProtocol,
+        # httptools, reading no further ahead of a pipelining client than one request.
+        http=PipelineBoundHttpToolsProtocol,
     )
     # Before any worker imports prometheus_client: one metrics folder for all of them.
     metrics = MetricsExport.open(settings)

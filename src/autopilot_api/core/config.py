@@ -115,10 +115,6 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: int = Field(default=10, ge=0, le=300)
     keepalive_timeout_seconds: int = Field(default=75, ge=1, le=3600)
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
-    max_header_bytes: int = Field(default=16384, ge=1024, le=1024 * 1024)
-    header_read_timeout_seconds: float = Field(default=10, gt=0, le=15)
-    # 0: three quarters of the process's soft `ulimit -n` (core/http_limits.py).
-    max_connections: int = Field(default=0, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     metrics_token: SecretStr | None = None
