@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import types
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import limits.aio.storage.memory
 import limits.aio.storage.redis.redispy
@@ -43,7 +43,7 @@ class Clock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     # Far from any real timestamp, so nothing left in a shared Redis by another run counts.
     fake = Clock(start=float(int(time.time()) // WINDOW * WINDOW))
     namespace = types.SimpleNamespace(time=fake.time, monotonic=fake.monotonic)
@@ -53,7 +53,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
         limits.aio.storage.redis.redispy,
     ):
         monkeypatch.setattr(module, "time", namespace)
-    yield fake
+    return fake
 
 
 @pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis"])
