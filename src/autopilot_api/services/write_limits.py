@@ -49,9 +49,9 @@ class WriteLimits:
         )
 
     async def create(self, *, kind: Creation, owner: Owner, client_ip: str) -> None:
-        """One creation: counted per client IP first when the owner is an anonymous session
-        (a visitor making new sessions to get new budgets still shares the IP's), then per
-        owner."""
+        """One creation: counted per owner, then per client IP when the owner is an
+        anonymous session (a visitor who makes new sessions for new budgets still shares
+        the IP's). A creation the owner's limit refuses does not use up the IP's."""
         settings = self._settings
         if kind == "conversation":
             per_owner = settings.conversation_create_limit_per_hour
@@ -59,12 +59,12 @@ class WriteLimits:
         else:
             per_owner = settings.search_session_create_limit_per_hour
             per_ip = settings.search_session_create_limit_per_hour_per_ip
+        await self._rate_limiter.hit(
+            key=f"create-{kind}:{owner_key(owner)}", limit=per_owner, window_seconds=HOUR
+        )
         if owner.user_id is None:
             await self._rate_limiter.hit(
                 key=f"create-{kind}:ip:{client_bucket(client_ip)}",
                 limit=per_ip,
                 window_seconds=HOUR,
             )
-        await self._rate_limiter.hit(
-            key=f"create-{kind}:{owner_key(owner)}", limit=per_owner, window_seconds=HOUR
-        )
