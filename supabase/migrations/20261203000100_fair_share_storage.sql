@@ -7,7 +7,10 @@
 --    of a search query as JSON;
 -- 3. discovered ids are added and marked fetched through the primary key alone, so the
 --    plan does not depend on the table's statistics (it did: see add_discovered_ids);
--- 4. Idempotency-Keys per caller: past the cap the caller's oldest outcomes are dropped.
+-- 4. Idempotency-Keys per caller: past the cap the caller's oldest outcomes are dropped;
+-- 5. (item 6) a number rule may say `"integer": true`: the stored value must then be a whole
+--    number JavaScript holds exactly. The rules themselves are data (answer_rules(), in
+--    20261203000150_plausible_bounds.sql), so this part does not depend on them.
 
 ------------------------------------------------------------------------------------------
 -- Owners
@@ -471,6 +474,44 @@ begin
   end if;
   return result || '{"replayed": false}';
 end
+$$;
+
+------------------------------------------------------------------------------------------
+-- 5. Whole numbers
+------------------------------------------------------------------------------------------
+-- As 20261122000300, and a number rule with "integer": true takes only a whole number
+-- within JavaScript's safe range (2^53 - 1). jsonb keeps numbers exact, so the comparison
+-- sees 9007199254740993 as it was sent.
+create or replace function autopilot_private.entry_is_valid(p_key text, p_entry jsonb)
+returns boolean
+language sql
+immutable
+set search_path = pg_catalog, pg_temp
+as $$
+  select case
+    when r is null then true
+    when r ->> 'kind' = 'boolean' then coalesce(jsonb_typeof(v) = 'boolean', false)
+    when r ->> 'kind' = 'number' then case
+      when jsonb_typeof(v) is distinct from 'number' then false
+      else (v #>> '{}')::numeric >= coalesce((r ->> 'minimum')::numeric, 0)
+        and ((r ->> 'maximum') is null or (v #>> '{}')::numeric <= (r ->> 'maximum')::numeric)
+        and (coalesce((r ->> 'integer')::boolean, false) is false
+             or ((v #>> '{}')::numeric = trunc((v #>> '{}')::numeric)
+                 and abs((v #>> '{}')::numeric) <= 9007199254740991))
+    end
+    when r ->> 'kind' = 'choice' then case
+      when jsonb_typeof(v) is distinct from 'string' then false
+      else exists (select 1 from jsonb_array_elements_text(r -> 'options') as o(option)
+                   where lower(o.option) = lower(btrim(v #>> '{}')))
+    end
+    when r ->> 'kind' = 'text' then case
+      when jsonb_typeof(v) is distinct from 'string' then false
+      else length(btrim(v #>> '{}')) between 1 and (r ->> 'maxChars')::integer
+    end
+    else true
+  end
+  from (select autopilot_private.answer_rules() -> p_key as r,
+               case when jsonb_typeof(p_entry) = 'object' then p_entry -> 'value' end as v) as x
 $$;
 
 select autopilot_private.secure_schema();

@@ -38,6 +38,7 @@ _QUESTIONS = [
         unit=question.unit,
         minimum=question.minimum,
         maximum=question.maximum,
+        integer=question.integer,
         max_length=MAX_TEXT_ANSWER_CHARS if question.kind == "text" else None,
     )
     for question in DISCOVERY_QUESTIONS
