@@ -43,7 +43,7 @@ drop function autopilot.create_conversation(uuid, uuid, text, jsonb);
 
 create or replace function autopilot.create_conversation(
   p_user_id uuid default null, p_session_id uuid default null, p_title text default null,
-  p_opening jsonb default null, p_max_per_owner integer default 20
+  p_opening jsonb default null, p_max_per_owner integer default 10
 ) returns jsonb
 language plpgsql
 as $$
@@ -124,7 +124,7 @@ drop function autopilot.append_user_message(uuid, text, text);
 -- with a used Idempotency-Key is answered before the cap: it stores nothing.
 create or replace function autopilot.append_user_message(
   p_conversation_id uuid, p_content text, p_idempotency_key text default null,
-  p_max_messages integer default 200
+  p_max_messages integer default 100
 ) returns jsonb
 language plpgsql
 as $$
@@ -181,7 +181,7 @@ drop function autopilot.create_search_session(text, uuid, uuid, jsonb, jsonb);
 -- call is refused (422 too_many_search_sessions).
 create or replace function autopilot.create_search_session(
   p_id text, p_user_id uuid, p_session_id uuid, p_search_query jsonb, p_batches jsonb,
-  p_max_per_owner integer default 5, p_query_max_bytes integer default 8192
+  p_max_per_owner integer default 3, p_query_max_bytes integer default 8192
 ) returns jsonb
 language plpgsql
 as $$
@@ -361,7 +361,7 @@ drop function autopilot.mark_profiles_fetched(text, uuid, uuid, bigint[], intege
 create or replace function autopilot.next_search_batch(
   p_id text, p_user_id uuid, p_session_id uuid,
   p_idempotency_key text default null, p_idempotency_ttl_seconds integer default 86400,
-  p_idempotency_max_keys integer default 1000
+  p_idempotency_max_keys integer default 100
 ) returns jsonb
 language plpgsql
 as $$
@@ -413,7 +413,7 @@ $$;
 create or replace function autopilot.mark_profiles_fetched(
   p_id text, p_user_id uuid, p_session_id uuid, p_ids bigint[], p_cache_hits integer,
   p_idempotency_key text default null, p_idempotency_ttl_seconds integer default 86400,
-  p_idempotency_max_keys integer default 1000
+  p_idempotency_max_keys integer default 100
 ) returns jsonb
 language plpgsql
 as $$
