@@ -91,7 +91,7 @@ class Settings(BaseSettings):
 
     # --- fair share: write limits and storage caps (README "Operations") ---------------
     write_limit_per_minute: int = Field(default=120, ge=1)
-    conversation_create_limit_per_hour: int = Field(default=10, ge=1)
+    conversation_create_limit_per_hour: int = Field(default=20, ge=1)
     conversation_create_limit_per_hour_per_ip: int = Field(default=30, ge=1)
     search_session_create_limit_per_hour: int = Field(default=10, ge=1)
     search_session_create_limit_per_hour_per_ip: int = Field(default=10, ge=1)
