@@ -4,7 +4,7 @@
   a discovered append and an unfetched page on a search session at the id cap (and at 600k,
   refused over the cap), with the table's size.
 - Issue 20, item 2: one anonymous visitor filling everything it can own to the default
-  caps, with incompressible content (random text, 4-byte characters where the limit counts
+  caps, with random content (4-byte characters where the limit counts
   characters), then the bytes it added to the database (tables, TOAST and indexes, after
   VACUUM FULL on both sides), table by table, against the bound README "Operations"
   states (`bound_bytes` below, computed the same way).
