@@ -72,6 +72,8 @@ def main() -> None:
         OPENAI_API_KEY="bench",
         OPENAI_BASE_URL=model.base_url,
         MESSAGE_RATE_LIMIT_PER_MINUTE="100000",
+        # N messages go into one conversation.
+        MESSAGES_MAX_PER_CONVERSATION="100000",
         LOG_LEVEL="WARNING",
     )
     try:

@@ -66,6 +66,12 @@ def make_settings(plane: LocalDataPlane, **overrides: object) -> Settings:
         # production; below it the app warns at start-up.
         "data_plane_timeout_seconds": 10.0,
         "session_create_limit_per_hour": 100_000,
+        # Every test comes from one address and many share a user or session: the creation
+        # limits are tested on their own (tests/integration/test_fair_share_storage.py).
+        "conversation_create_limit_per_hour": 100_000,
+        "conversation_create_limit_per_hour_per_ip": 100_000,
+        "search_session_create_limit_per_hour": 100_000,
+        "search_session_create_limit_per_hour_per_ip": 100_000,
         "session_cleanup_interval_seconds": 0,
     }
     values.update(overrides)

@@ -53,6 +53,22 @@ revoke all on function autopilot_private.fail(integer, text, text, jsonb)
   from public, anon, authenticated;
 grant execute on function autopilot_private.fail(integer, text, text, jsonb) to service_role;
 
+-- Serialise the creations of one owner (a user, else a session) of one kind, until the
+-- transaction ends: a count and the insert it allows cannot interleave with another's.
+-- An advisory lock, not the owner's row: PUT /sessions/me must not wait for it.
+create or replace function autopilot_private.lock_owner(
+  p_kind text, p_user_id uuid, p_session_id uuid
+) returns void
+language sql
+set search_path = ''
+as $$
+  select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
+    p_kind || ':' || coalesce('user:' || p_user_id::text, 'session:' || p_session_id::text), 0))
+$$;
+revoke all on function autopilot_private.lock_owner(text, uuid, uuid)
+  from public, anon, authenticated;
+grant execute on function autopilot_private.lock_owner(text, uuid, uuid) to service_role;
+
 -- A round trip through PostgREST to Postgres for /readyz.
 create or replace function autopilot.ping()
 returns text
@@ -569,6 +585,11 @@ as $$
       when jsonb_typeof(v) is distinct from 'number' then false
       else (v #>> '{}')::numeric >= coalesce((r ->> 'minimum')::numeric, 0)
         and ((r ->> 'maximum') is null or (v #>> '{}')::numeric <= (r ->> 'maximum')::numeric)
+        -- "integer": true takes only a whole number JavaScript holds exactly (2^53 - 1);
+        -- jsonb keeps numbers exact, so 9007199254740993 is seen as it was sent.
+        and (coalesce((r ->> 'integer')::boolean, false) is false
+             or ((v #>> '{}')::numeric = trunc((v #>> '{}')::numeric)
+                 and abs((v #>> '{}')::numeric) <= 9007199254740991))
     end
     when r ->> 'kind' = 'choice' then case
       when jsonb_typeof(v) is distinct from 'string' then false
@@ -1377,9 +1398,13 @@ grant execute on function autopilot_private.opening_step(jsonb, jsonb) to servic
 -- in asking order; a discovery step is open while its key is not in the owner's answers,
 -- an ROI step while its key is not in roi_inputs. Without p_opening nothing is written.
 -- Returns {"conversation": row, "opening": message or null}.
+-- An owner holds at most p_max_per_owner conversations: past it 422 too_many_conversations
+-- and nothing is stored (counted under lock_owner, so two concurrent creations cannot both
+-- pass). A claim may move a session's conversations to a user past the cap: the cap
+-- governs creation, a claim never fails on it.
 create or replace function autopilot.create_conversation(
   p_user_id uuid default null, p_session_id uuid default null, p_title text default null,
-  p_opening jsonb default null
+  p_opening jsonb default null, p_max_per_owner integer default 10
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -1391,6 +1416,7 @@ declare
   owner_answers jsonb;
   owner_roi jsonb;
   step jsonb;
+  held integer;
 begin
   if p_user_id is not null then
     perform autopilot_private.ensure_profile(p_user_id, null);
@@ -1405,6 +1431,19 @@ begin
     end if;
   else
     perform autopilot_private.fail(422, 'validation_error', 'A conversation needs an owner.');
+  end if;
+
+  perform autopilot_private.lock_owner('conversations', p_user_id, p_session_id);
+  if p_user_id is not null then
+    select count(*) into held from autopilot.conversations where user_id = p_user_id;
+  else
+    select count(*) into held from autopilot.conversations where session_id = p_session_id;
+  end if;
+  if held >= p_max_per_owner then
+    perform autopilot_private.fail(422, 'too_many_conversations',
+      format('You have %s conversations, as many as one visitor may have; go on in one of '
+             'them (GET /api/v1/conversations lists them).', held),
+      jsonb_build_object('limit', p_max_per_owner, 'held', held));
   end if;
 
   insert into autopilot.conversations (user_id, session_id, phase, title)
@@ -1438,17 +1477,21 @@ begin
                             'opening', case when m.id is null then null else to_jsonb(m) end);
 end
 $$;
-revoke all on function autopilot.create_conversation(uuid, uuid, text, jsonb)
+revoke all on function autopilot.create_conversation(uuid, uuid, text, jsonb, integer)
   from public, anon, authenticated;
-grant execute on function autopilot.create_conversation(uuid, uuid, text, jsonb) to service_role;
+grant execute on function autopilot.create_conversation(uuid, uuid, text, jsonb, integer) to service_role;
 
 ------------------------------------------------------------------------------------------
 -- Messages
 ------------------------------------------------------------------------------------------
 -- Store a user message. With an Idempotency-Key already used in this conversation,
--- nothing is stored: the first message and its reply (if any) come back instead.
+-- nothing is stored: the first message and its reply (if any) come back instead. At
+-- p_max_messages user messages the conversation is full (422 conversation_full; each has at
+-- most one reply, so it holds at most 2 * p_max_messages + 1 messages with its opening).
+-- A retry with a used key is answered before the cap: it stores nothing.
 create or replace function autopilot.append_user_message(
-  p_conversation_id uuid, p_content text, p_idempotency_key text default null
+  p_conversation_id uuid, p_content text, p_idempotency_key text default null,
+  p_max_messages integer default 100
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -1456,6 +1499,7 @@ as $$
 declare
   m autopilot.messages;
   reply autopilot.messages;
+  held integer;
 begin
   if p_idempotency_key is not null then
     select * into m from autopilot.messages
@@ -1468,21 +1512,33 @@ begin
     end if;
   end if;
 
+  -- The conversation's row lock: concurrent posts to it count one after another.
+  perform 1 from autopilot.conversations where id = p_conversation_id for update;
+  select count(*) into held from autopilot.messages
+   where conversation_id = p_conversation_id and role = 'user';
+  if held >= p_max_messages then
+    perform autopilot_private.fail(422, 'conversation_full',
+      format('This conversation holds %s messages from you, as many as one may; start a new '
+             'conversation (POST /api/v1/conversations) to go on.', held),
+      jsonb_build_object('limit', p_max_messages, 'held', held));
+  end if;
+
   insert into autopilot.messages (conversation_id, role, content, idempotency_key)
   values (p_conversation_id, 'user', p_content, p_idempotency_key)
   on conflict (conversation_id, idempotency_key) where idempotency_key is not null do nothing
   returning * into m;
   if m.id is null then
     -- a concurrent retry won the insert
-    return autopilot.append_user_message(p_conversation_id, p_content, p_idempotency_key);
+    return autopilot.append_user_message(p_conversation_id, p_content, p_idempotency_key,
+                                         p_max_messages);
   end if;
   update autopilot.conversations set updated_at = now() where id = p_conversation_id;
   return jsonb_build_object('message', to_jsonb(m), 'replayed', false, 'reply', null);
 end
 $$;
-revoke all on function autopilot.append_user_message(uuid, text, text)
+revoke all on function autopilot.append_user_message(uuid, text, text, integer)
   from public, anon, authenticated;
-grant execute on function autopilot.append_user_message(uuid, text, text) to service_role;
+grant execute on function autopilot.append_user_message(uuid, text, text, integer) to service_role;
 
 -- Store the reply to p_reply_to with the precedence above; returns the reply that stands
 -- (the caller's, or the one already stored).
@@ -1733,15 +1789,20 @@ grant execute on function autopilot_private.request_fingerprint(jsonb) to servic
 -- with the same key waits here until the first commits (and gets its outcome) or rolls
 -- back (and goes ahead itself). An expired key is taken over as if it were new.
 -- The caller is a user, else a session (as the search-session functions resolve it).
+-- A caller holds at most p_max_keys keys: a new key past the cap drops the caller's oldest
+-- outcomes. A retry comes within seconds of its first try, not after the caller's next
+-- p_max_keys keyed calls, so the guarantee holds where it matters while what one caller
+-- can make us store stays bounded.
 create or replace function autopilot_private.idempotency_begin(
   p_user_id uuid, p_session_id uuid, p_operation text, p_key text, p_request jsonb,
-  p_ttl_seconds integer
+  p_ttl_seconds integer, p_max_keys integer
 ) returns jsonb
 language plpgsql
 set search_path = ''
 as $$
 declare
   request_print text := autopilot_private.request_fingerprint(p_request);
+  caller_scope text := coalesce('user:' || p_user_id::text, 'session:' || p_session_id::text);
   stored autopilot.idempotency_keys;
 begin
   insert into autopilot.idempotency_keys as k
@@ -1754,12 +1815,19 @@ begin
     where k.expires_at <= now()
   returning * into stored;
   if found then
+    -- A new key: one caller's new keys one at a time, and the oldest past the cap go.
+    perform autopilot_private.lock_owner('idempotency_keys', p_user_id, p_session_id);
+    delete from autopilot.idempotency_keys
+     where (scope, operation, key) in (
+       select old.scope, old.operation, old.key from autopilot.idempotency_keys old
+        where old.scope = caller_scope and old.response is not null
+        order by old.created_at desc
+        offset greatest(p_max_keys - 1, 0));
     return null;
   end if;
 
   select * into stored from autopilot.idempotency_keys
-   where scope = coalesce('user:' || p_user_id::text, 'session:' || p_session_id::text)
-     and operation = p_operation and key = p_key;
+   where scope = caller_scope and operation = p_operation and key = p_key;
   if stored.fingerprint <> request_print then
     perform autopilot_private.fail(422, 'idempotency_key_reused',
       'This Idempotency-Key was used with a different request; send a new key with a new request.');
@@ -1772,9 +1840,9 @@ begin
   return stored.response;
 end
 $$;
-revoke all on function autopilot_private.idempotency_begin(uuid, uuid, text, text, jsonb, integer)
+revoke all on function autopilot_private.idempotency_begin(uuid, uuid, text, text, jsonb, integer, integer)
   from public, anon, authenticated;
-grant execute on function autopilot_private.idempotency_begin(uuid, uuid, text, text, jsonb, integer)
+grant execute on function autopilot_private.idempotency_begin(uuid, uuid, text, text, jsonb, integer, integer)
   to service_role;
 
 create or replace function autopilot_private.idempotency_finish(
@@ -1835,6 +1903,8 @@ create table autopilot.search_sessions (
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   fetched_count integer not null default 0,
+  -- The highest position handed out (see add_discovered_ids); positions may have gaps.
+  last_position integer not null default 0,
   constraint search_sessions_owner_check check (
     (owner_user_id is null) <> (owner_session_id is null))
 );
@@ -1947,58 +2017,74 @@ revoke all on function autopilot_private.search_stats(autopilot.search_sessions)
 grant execute on function autopilot_private.search_stats(autopilot.search_sessions)
   to service_role;
 
--- The ids of p_ids this search session never discovered, once each, in order of first
--- appearance: one primary-key probe per id of the call.
-create or replace function autopilot_private.undiscovered_ids(p_id text, p_ids bigint[])
-returns bigint[]
-language sql
-stable
-set search_path = ''
-as $$
-  select coalesce(array_agg(incoming.id order by incoming.first_seen), '{}')
-  from (
-    select t.id, min(t.ord) as first_seen
-    from unnest(p_ids) with ordinality as t(id, ord)
-    group by t.id
-  ) as incoming
-  where not exists (select 1 from autopilot.search_session_ids k
-                     where k.search_session_id = p_id and k.id = incoming.id)
-$$;
-revoke all on function autopilot_private.undiscovered_ids(text, bigint[])
-  from public, anon, authenticated;
-grant execute on function autopilot_private.undiscovered_ids(text, bigint[]) to service_role;
-
+-- The query is measured as JSON text (what a client sends and reads back), before
+-- anything is written: over p_query_max_bytes → 422 search_query_too_large. An owner holds
+-- at most p_max_per_owner search sessions, cleared ones included (they keep their ids);
+-- at the cap the oldest cleared ones are deleted to make room, and with none cleared the
+-- call is refused (422 too_many_search_sessions).
 create or replace function autopilot.create_search_session(
-  p_id text, p_user_id uuid, p_session_id uuid, p_search_query jsonb, p_batches jsonb
+  p_id text, p_user_id uuid, p_session_id uuid, p_search_query jsonb, p_batches jsonb,
+  p_max_per_owner integer default 3, p_query_max_bytes integer default 8192
 ) returns jsonb
 language plpgsql
 set search_path = ''
 as $$
 declare
   s autopilot.search_sessions;
+  query_bytes integer := octet_length(p_search_query::text);
+  owner_session uuid := case when p_user_id is null then p_session_id end;
+  held integer;
+  active integer;
 begin
+  if query_bytes > p_query_max_bytes then
+    perform autopilot_private.fail(422, 'search_query_too_large',
+      format('A search query is limited to %s bytes (as JSON); this one has %s. '
+             'Nothing was stored.', p_query_max_bytes, query_bytes),
+      jsonb_build_object('field', 'searchQuery', 'limitBytes', p_query_max_bytes,
+                         'bytes', query_bytes));
+  end if;
   if p_user_id is not null then
     perform autopilot_private.ensure_profile(p_user_id, null);
   end if;
+
+  perform autopilot_private.lock_owner('search_sessions', p_user_id, owner_session);
+  select count(*), count(*) filter (where is_active) into held, active
+    from autopilot.search_sessions
+   where owner_user_id = p_user_id or owner_session_id = owner_session;
+  if held >= p_max_per_owner then
+    delete from autopilot.search_sessions
+     where id in (select id from autopilot.search_sessions
+                   where (owner_user_id = p_user_id or owner_session_id = owner_session)
+                     and not is_active
+                   order by last_accessed
+                   limit held - p_max_per_owner + 1);
+    if active >= p_max_per_owner then
+      perform autopilot_private.fail(422, 'too_many_search_sessions',
+        format('You have %s active search sessions, as many as one visitor may have; clear '
+               'one (DELETE /api/v1/search-sessions/{id}) to start another.', active),
+        jsonb_build_object('limit', p_max_per_owner, 'active', active));
+    end if;
+  end if;
+
   insert into autopilot.search_sessions
     (id, owner_user_id, owner_session_id, search_query, company_batches)
-  values (p_id, p_user_id, case when p_user_id is null then p_session_id end,
-          p_search_query, p_batches)
+  values (p_id, p_user_id, owner_session, p_search_query, p_batches)
   returning * into s;
   return jsonb_build_object('session_id', s.id, 'first_batch', s.company_batches -> 0,
     'total_batches', jsonb_array_length(s.company_batches));
 end
 $$;
-revoke all on function autopilot.create_search_session(text, uuid, uuid, jsonb, jsonb)
+revoke all on function autopilot.create_search_session(text, uuid, uuid, jsonb, jsonb, integer, integer)
   from public, anon, authenticated;
-grant execute on function autopilot.create_search_session(text, uuid, uuid, jsonb, jsonb)
+grant execute on function autopilot.create_search_session(text, uuid, uuid, jsonb, jsonb, integer, integer)
   to service_role;
 
 -- Hand out the next batch exactly once, whatever the concurrency. With an Idempotency-Key,
 -- a retry gets the batch the first call got. The result carries `replayed`.
 create or replace function autopilot.next_search_batch(
   p_id text, p_user_id uuid, p_session_id uuid,
-  p_idempotency_key text default null, p_idempotency_ttl_seconds integer default 86400
+  p_idempotency_key text default null, p_idempotency_ttl_seconds integer default 86400,
+  p_idempotency_max_keys integer default 100
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -2014,7 +2100,8 @@ declare
 begin
   if p_idempotency_key is not null then
     replay := autopilot_private.idempotency_begin(p_user_id, p_session_id, operation,
-      p_idempotency_key, jsonb_build_object('id', p_id), p_idempotency_ttl_seconds);
+      p_idempotency_key, jsonb_build_object('id', p_id), p_idempotency_ttl_seconds,
+      p_idempotency_max_keys);
     if replay is not null then
       return replay || '{"replayed": true}';
     end if;
@@ -2042,13 +2129,19 @@ begin
   return result || '{"replayed": false}';
 end
 $$;
-revoke all on function autopilot.next_search_batch(text, uuid, uuid, text, integer)
+revoke all on function autopilot.next_search_batch(text, uuid, uuid, text, integer, integer)
   from public, anon, authenticated;
-grant execute on function autopilot.next_search_batch(text, uuid, uuid, text, integer)
+grant execute on function autopilot.next_search_batch(text, uuid, uuid, text, integer, integer)
   to service_role;
 
 -- Append ids not seen before (in this call or any earlier one), keeping the order of
 -- first discovery. Past p_max_ids in total the whole call is refused and nothing is added.
+-- Through the primary key only (INSERT ... ON CONFLICT), so the plan does not depend on the
+-- table's statistics: an anti-join the planner chose after an analyse that had not seen
+-- this search session compared every incoming id with every stored one (the second call of
+-- 10,000 ids took 4.3 s, the third ran into the statement timeout). Positions keep the
+-- order of first discovery: each call numbers its distinct ids after last_position, so
+-- positions may have gaps.
 create or replace function autopilot.add_discovered_ids(
   p_id text, p_user_id uuid, p_session_id uuid, p_ids bigint[],
   p_max_ids integer default 100000
@@ -2058,20 +2151,22 @@ set search_path = ''
 as $$
 declare
   total integer;
+  base integer;
+  distinct_ids integer;
   added integer;
 begin
   perform autopilot_private.lock_search_session(p_id, p_user_id, p_session_id, true);
-  select total_discovered into total from autopilot.search_sessions where id = p_id;
-  -- Under the row lock no other call appends to this search session: positions stay dense.
+  select total_discovered, last_position into total, base
+    from autopilot.search_sessions where id = p_id;
+  -- Under the row lock no other call appends to this search session.
   insert into autopilot.search_session_ids (search_session_id, id, position)
-  select p_id, fresh.id, (total + row_number() over (order by fresh.first_seen))::integer
+  select p_id, incoming.id, (base + row_number() over (order by incoming.first_seen))::integer
     from (
       select t.id, min(t.ord) as first_seen
         from unnest(p_ids) with ordinality as t(id, ord)
        group by t.id
-    ) as fresh
-   where not exists (select 1 from autopilot.search_session_ids k
-                      where k.search_session_id = p_id and k.id = fresh.id);
+    ) as incoming
+  on conflict (search_session_id, id) do nothing;
   get diagnostics added = row_count;
   if total + added > p_max_ids then
     perform autopilot_private.fail(422, 'search_session_full',
@@ -2080,8 +2175,10 @@ begin
              p_max_ids, total, added),
       jsonb_build_object('limit', p_max_ids, 'totalDiscovered', total, 'wouldAdd', added));
   end if;
+  select count(distinct t.id) into distinct_ids from unnest(p_ids) as t(id);
   update autopilot.search_sessions
-     set total_discovered = total + added, last_accessed = now(), updated_at = now()
+     set total_discovered = total + added, last_position = base + distinct_ids,
+         last_accessed = now(), updated_at = now()
    where id = p_id;
   return jsonb_build_object('added', added, 'total_discovered', total + added);
 end
@@ -2096,7 +2193,8 @@ grant execute on function autopilot.add_discovered_ids(text, uuid, uuid, bigint[
 -- `replayed`.
 create or replace function autopilot.mark_profiles_fetched(
   p_id text, p_user_id uuid, p_session_id uuid, p_ids bigint[], p_cache_hits integer,
-  p_idempotency_key text default null, p_idempotency_ttl_seconds integer default 86400
+  p_idempotency_key text default null, p_idempotency_ttl_seconds integer default 86400,
+  p_idempotency_max_keys integer default 100
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -2114,7 +2212,7 @@ begin
     replay := autopilot_private.idempotency_begin(p_user_id, p_session_id, operation,
       p_idempotency_key,
       jsonb_build_object('id', p_id, 'ids', to_jsonb(p_ids), 'cache_hits', p_cache_hits),
-      p_idempotency_ttl_seconds);
+      p_idempotency_ttl_seconds, p_idempotency_max_keys);
     if replay is not null then
       return replay || '{"replayed": true}';
     end if;
@@ -2123,15 +2221,25 @@ begin
   if not s.is_active then
     perform autopilot_private.fail(409, 'session_inactive', 'This search session was cleared.');
   end if;
-  unknown := autopilot_private.undiscovered_ids(p_id, p_ids);
+  with incoming as (
+    select t.id, min(t.ord) as first_seen
+      from unnest(p_ids) with ordinality as t(id, ord)
+     group by t.id
+  ), touched as (
+    insert into autopilot.search_session_ids as k (search_session_id, id, position, fetched)
+    select p_id, incoming.id, 0, true from incoming
+    on conflict (search_session_id, id) do update set fetched = true where not k.fetched
+    returning k.id, k.xmax = 0 as inserted
+  )
+  select count(*) filter (where not touched.inserted),
+         array_agg(touched.id order by incoming.first_seen) filter (where touched.inserted)
+    into marked, unknown
+    from touched join incoming on incoming.id = touched.id;
   if cardinality(unknown) > 0 then
     perform autopilot_private.fail(422, 'ids_not_discovered',
       'Some ids were never discovered in this search session.',
       jsonb_build_object('ids', to_jsonb(unknown[1:50])));
   end if;
-  update autopilot.search_session_ids set fetched = true
-   where search_session_id = p_id and id = any(p_ids) and not fetched;
-  get diagnostics marked = row_count;
 
   update autopilot.search_sessions
      set fetched_count = fetched_count + marked,
@@ -2150,9 +2258,9 @@ begin
 end
 $$;
 revoke all on function autopilot.mark_profiles_fetched(
-  text, uuid, uuid, bigint[], integer, text, integer) from public, anon, authenticated;
+  text, uuid, uuid, bigint[], integer, text, integer, integer) from public, anon, authenticated;
 grant execute on function autopilot.mark_profiles_fetched(
-  text, uuid, uuid, bigint[], integer, text, integer) to service_role;
+  text, uuid, uuid, bigint[], integer, text, integer, integer) to service_role;
 
 -- Discovered but not yet fetched, in discovery order (a read that counts as access).
 create or replace function autopilot.unfetched_ids(

@@ -47,6 +47,22 @@ revoke all on function autopilot_private.fail(integer, text, text, jsonb)
   from public, anon, authenticated;
 grant execute on function autopilot_private.fail(integer, text, text, jsonb) to service_role;
 
+-- Serialise the creations of one owner (a user, else a session) of one kind, until the
+-- transaction ends: a count and the insert it allows cannot interleave with another's.
+-- An advisory lock, not the owner's row: PUT /sessions/me must not wait for it.
+create or replace function autopilot_private.lock_owner(
+  p_kind text, p_user_id uuid, p_session_id uuid
+) returns void
+language sql
+set search_path = ''
+as $$
+  select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(
+    p_kind || ':' || coalesce('user:' || p_user_id::text, 'session:' || p_session_id::text), 0))
+$$;
+revoke all on function autopilot_private.lock_owner(text, uuid, uuid)
+  from public, anon, authenticated;
+grant execute on function autopilot_private.lock_owner(text, uuid, uuid) to service_role;
+
 -- A round trip through PostgREST to Postgres for /readyz.
 create or replace function autopilot.ping()
 returns text

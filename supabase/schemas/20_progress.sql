@@ -167,6 +167,11 @@ as $$
       when jsonb_typeof(v) is distinct from 'number' then false
       else (v #>> '{}')::numeric >= coalesce((r ->> 'minimum')::numeric, 0)
         and ((r ->> 'maximum') is null or (v #>> '{}')::numeric <= (r ->> 'maximum')::numeric)
+        -- "integer": true takes only a whole number JavaScript holds exactly (2^53 - 1);
+        -- jsonb keeps numbers exact, so 9007199254740993 is seen as it was sent.
+        and (coalesce((r ->> 'integer')::boolean, false) is false
+             or ((v #>> '{}')::numeric = trunc((v #>> '{}')::numeric)
+                 and abs((v #>> '{}')::numeric) <= 9007199254740991))
     end
     when r ->> 'kind' = 'choice' then case
       when jsonb_typeof(v) is distinct from 'string' then false

@@ -127,9 +127,13 @@ grant execute on function autopilot_private.opening_step(jsonb, jsonb) to servic
 -- in asking order; a discovery step is open while its key is not in the owner's answers,
 -- an ROI step while its key is not in roi_inputs. Without p_opening nothing is written.
 -- Returns {"conversation": row, "opening": message or null}.
+-- An owner holds at most p_max_per_owner conversations: past it 422 too_many_conversations
+-- and nothing is stored (counted under lock_owner, so two concurrent creations cannot both
+-- pass). A claim may move a session's conversations to a user past the cap: the cap
+-- governs creation, a claim never fails on it.
 create or replace function autopilot.create_conversation(
   p_user_id uuid default null, p_session_id uuid default null, p_title text default null,
-  p_opening jsonb default null
+  p_opening jsonb default null, p_max_per_owner integer default 10
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -141,6 +145,7 @@ declare
   owner_answers jsonb;
   owner_roi jsonb;
   step jsonb;
+  held integer;
 begin
   if p_user_id is not null then
     perform autopilot_private.ensure_profile(p_user_id, null);
@@ -155,6 +160,19 @@ begin
     end if;
   else
     perform autopilot_private.fail(422, 'validation_error', 'A conversation needs an owner.');
+  end if;
+
+  perform autopilot_private.lock_owner('conversations', p_user_id, p_session_id);
+  if p_user_id is not null then
+    select count(*) into held from autopilot.conversations where user_id = p_user_id;
+  else
+    select count(*) into held from autopilot.conversations where session_id = p_session_id;
+  end if;
+  if held >= p_max_per_owner then
+    perform autopilot_private.fail(422, 'too_many_conversations',
+      format('You have %s conversations, as many as one visitor may have; go on in one of '
+             'them (GET /api/v1/conversations lists them).', held),
+      jsonb_build_object('limit', p_max_per_owner, 'held', held));
   end if;
 
   insert into autopilot.conversations (user_id, session_id, phase, title)
@@ -188,17 +206,21 @@ begin
                             'opening', case when m.id is null then null else to_jsonb(m) end);
 end
 $$;
-revoke all on function autopilot.create_conversation(uuid, uuid, text, jsonb)
+revoke all on function autopilot.create_conversation(uuid, uuid, text, jsonb, integer)
   from public, anon, authenticated;
-grant execute on function autopilot.create_conversation(uuid, uuid, text, jsonb) to service_role;
+grant execute on function autopilot.create_conversation(uuid, uuid, text, jsonb, integer) to service_role;
 
 ------------------------------------------------------------------------------------------
 -- Messages
 ------------------------------------------------------------------------------------------
 -- Store a user message. With an Idempotency-Key already used in this conversation,
--- nothing is stored: the first message and its reply (if any) come back instead.
+-- nothing is stored: the first message and its reply (if any) come back instead. At
+-- p_max_messages user messages the conversation is full (422 conversation_full; each has at
+-- most one reply, so it holds at most 2 * p_max_messages + 1 messages with its opening).
+-- A retry with a used key is answered before the cap: it stores nothing.
 create or replace function autopilot.append_user_message(
-  p_conversation_id uuid, p_content text, p_idempotency_key text default null
+  p_conversation_id uuid, p_content text, p_idempotency_key text default null,
+  p_max_messages integer default 100
 ) returns jsonb
 language plpgsql
 set search_path = ''
@@ -206,6 +228,7 @@ as $$
 declare
   m autopilot.messages;
   reply autopilot.messages;
+  held integer;
 begin
   if p_idempotency_key is not null then
     select * into m from autopilot.messages
@@ -218,21 +241,33 @@ begin
     end if;
   end if;
 
+  -- The conversation's row lock: concurrent posts to it count one after another.
+  perform 1 from autopilot.conversations where id = p_conversation_id for update;
+  select count(*) into held from autopilot.messages
+   where conversation_id = p_conversation_id and role = 'user';
+  if held >= p_max_messages then
+    perform autopilot_private.fail(422, 'conversation_full',
+      format('This conversation holds %s messages from you, as many as one may; start a new '
+             'conversation (POST /api/v1/conversations) to go on.', held),
+      jsonb_build_object('limit', p_max_messages, 'held', held));
+  end if;
+
   insert into autopilot.messages (conversation_id, role, content, idempotency_key)
   values (p_conversation_id, 'user', p_content, p_idempotency_key)
   on conflict (conversation_id, idempotency_key) where idempotency_key is not null do nothing
   returning * into m;
   if m.id is null then
     -- a concurrent retry won the insert
-    return autopilot.append_user_message(p_conversation_id, p_content, p_idempotency_key);
+    return autopilot.append_user_message(p_conversation_id, p_content, p_idempotency_key,
+                                         p_max_messages);
   end if;
   update autopilot.conversations set updated_at = now() where id = p_conversation_id;
   return jsonb_build_object('message', to_jsonb(m), 'replayed', false, 'reply', null);
 end
 $$;
-revoke all on function autopilot.append_user_message(uuid, text, text)
+revoke all on function autopilot.append_user_message(uuid, text, text, integer)
   from public, anon, authenticated;
-grant execute on function autopilot.append_user_message(uuid, text, text) to service_role;
+grant execute on function autopilot.append_user_message(uuid, text, text, integer) to service_role;
 
 -- Store the reply to p_reply_to with the precedence above; returns the reply that stands
 -- (the caller's, or the one already stored).

@@ -50,15 +50,20 @@ grant execute on function autopilot_private.request_fingerprint(jsonb) to servic
 -- with the same key waits here until the first commits (and gets its outcome) or rolls
 -- back (and goes ahead itself). An expired key is taken over as if it were new.
 -- The caller is a user, else a session (as the search-session functions resolve it).
+-- A caller holds at most p_max_keys keys: a new key past the cap drops the caller's oldest
+-- outcomes. A retry comes within seconds of its first try, not after the caller's next
+-- p_max_keys keyed calls, so the guarantee holds where it matters while what one caller
+-- can make us store stays bounded.
 create or replace function autopilot_private.idempotency_begin(
   p_user_id uuid, p_session_id uuid, p_operation text, p_key text, p_request jsonb,
-  p_ttl_seconds integer
+  p_ttl_seconds integer, p_max_keys integer
 ) returns jsonb
 language plpgsql
 set search_path = ''
 as $$
 declare
   request_print text := autopilot_private.request_fingerprint(p_request);
+  caller_scope text := coalesce('user:' || p_user_id::text, 'session:' || p_session_id::text);
   stored autopilot.idempotency_keys;
 begin
   insert into autopilot.idempotency_keys as k
@@ -71,12 +76,19 @@ begin
     where k.expires_at <= now()
   returning * into stored;
   if found then
+    -- A new key: one caller's new keys one at a time, and the oldest past the cap go.
+    perform autopilot_private.lock_owner('idempotency_keys', p_user_id, p_session_id);
+    delete from autopilot.idempotency_keys
+     where (scope, operation, key) in (
+       select old.scope, old.operation, old.key from autopilot.idempotency_keys old
+        where old.scope = caller_scope and old.response is not null
+        order by old.created_at desc
+        offset greatest(p_max_keys - 1, 0));
     return null;
   end if;
 
   select * into stored from autopilot.idempotency_keys
-   where scope = coalesce('user:' || p_user_id::text, 'session:' || p_session_id::text)
-     and operation = p_operation and key = p_key;
+   where scope = caller_scope and operation = p_operation and key = p_key;
   if stored.fingerprint <> request_print then
     perform autopilot_private.fail(422, 'idempotency_key_reused',
       'This Idempotency-Key was used with a different request; send a new key with a new request.');
@@ -89,9 +101,9 @@ begin
   return stored.response;
 end
 $$;
-revoke all on function autopilot_private.idempotency_begin(uuid, uuid, text, text, jsonb, integer)
+revoke all on function autopilot_private.idempotency_begin(uuid, uuid, text, text, jsonb, integer, integer)
   from public, anon, authenticated;
-grant execute on function autopilot_private.idempotency_begin(uuid, uuid, text, text, jsonb, integer)
+grant execute on function autopilot_private.idempotency_begin(uuid, uuid, text, text, jsonb, integer, integer)
   to service_role;
 
 create or replace function autopilot_private.idempotency_finish(

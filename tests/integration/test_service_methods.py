@@ -74,10 +74,10 @@ class TestConversationServiceMethods:
         token_hash = hashlib.sha256(token.encode()).hexdigest()
         row = (await rest.get("/sessions", params={"token_hash": f"eq.{token_hash}"})).json()[0]
         session_id = uuid.UUID(row["id"])
-        conversations = ConversationService(supabase)
+        conversations = ConversationService(supabase, settings, rate_limiter=InMemoryRateLimiter())
 
         created = await conversations.create_conversation_for_session(
-            session_id=session_id, title="t"
+            session_id=session_id, client_ip="203.0.113.9", title="t"
         )
         conversation_id = uuid.UUID(created["id"])
         assert await conversations.can_access_by_session(

@@ -109,7 +109,7 @@ class TestPutIsStrict:
                 }
             },
         )
-        assert problems(response) == {"facility_size_sqft": "a number of at least 0 (sq ft)"}
+        assert problems(response) == {"facility_size_sqft": "a number from 0 to 50,000,000 (sq ft)"}
         after = (await client.get("/api/v1/sessions/me")).json()
         assert after["answers"] == before["answers"] == {}
         assert after["version"] == before["version"]
@@ -124,7 +124,7 @@ class TestPutIsStrict:
         )
         assert problems(response) == {
             "budget_range": f"one of: {BUDGET_OPTIONS}",
-            "sku_count": "a number of at least 0",
+            "sku_count": "a whole number from 0 to 100,000,000",
         }
         assert (await client.get("/api/v1/sessions/me")).json()["answers"] == {}
 
@@ -223,13 +223,15 @@ class TestPublishedCatalogue:
         questions = {q["key"]: q for q in (await client.get("/api/v1/discovery/questions")).json()}
         hours = questions["operating_hours_per_day"]
         assert (hours["minimum"], hours["maximum"], hours["maxLength"]) == (0, 24, None)
-        assert (questions["sku_count"]["minimum"], questions["sku_count"]["maximum"]) == (0, None)
+        sku = questions["sku_count"]
+        assert (sku["minimum"], sku["maximum"], sku["integer"]) == (0, 100_000_000, True)
+        assert hours["integer"] is False
         choice = questions["facility_type"]
         assert (choice["minimum"], choice["maximum"], choice["maxLength"]) == (None, None, None)
         assert questions["facility_location"]["maxLength"] == 2000
         spec = (await client.get("/openapi.json")).json()
         fields = spec["components"]["schemas"]["QuestionPublic"]["properties"]
-        assert {"minimum", "maximum", "maxLength"} <= set(fields)
+        assert {"minimum", "maximum", "integer", "maxLength"} <= set(fields)
 
 
 async def open_chat(http: httpx.AsyncClient) -> str:
@@ -291,7 +293,7 @@ class TestOfflineAgent:
         assert session["phase"] == "roi"
 
         reask = await reply_to(client, conversation_id, "plenty")
-        assert "a number of at least 0 (USD/hour)" in reask
+        assert "a number from 0 to 1,000 (USD/hour)" in reask
         await reply_to(client, conversation_id, "$35/hour")
         session = (await client.get("/api/v1/sessions/me")).json()
         assert session["roiInputs"]["laborRate"] == 35
@@ -589,6 +591,9 @@ class TestTheCatalogueReachesSqlAsData:
             question = QUESTION_BY_KEY.get(key)
             good = valid_value(key) if question else 0.5
             for value in (good, "big", 5, -1, 0, 0.5, 25, 101, True, None, "x" * 2001, " "):
+                samples.append((key, value))
+            # Issue 20: past the plausible bounds, a count with a fraction, past 2**53.
+            for value in (12.5, 1e300, 9_007_199_254_740_993, 10**400, 100_001, 600):
                 samples.append((key, value))
         samples += [("facility_type", " COLD storage "), ("budget_range", "OVER $1m")]
         samples += [("not_a_key", "anything")]

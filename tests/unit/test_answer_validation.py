@@ -9,46 +9,147 @@ from typing import Any
 import pytest
 
 from autopilot_api.schemas.discovery import MAX_TEXT_ANSWER_CHARS
+from autopilot_api.services import answer_validation
 from autopilot_api.services.answer_validation import (
     InvalidAnswer,
     expected_form,
     parse_answer,
     parse_roi_input,
+    plausible_confidence,
     validate_answer,
     validate_roi_input,
 )
 from autopilot_api.services.extraction_constants import (
     DISCOVERY_QUESTIONS,
     EXTRACTION_SCHEMA,
+    MAX_SAFE_INTEGER,
     QUESTION_BY_KEY,
     QUESTION_KEYS_IN_ORDER,
     ROI_INPUT_KEYS,
+    ROI_INPUTS,
     DiscoveryQuestion,
 )
 
 
 class TestCatalogueBounds:
-    def test_every_number_question_is_non_negative_and_only_numbers_have_bounds(self) -> None:
+    def test_every_number_question_is_non_negative_and_bounded_and_only_numbers_have_bounds(
+        self,
+    ) -> None:
         for question in DISCOVERY_QUESTIONS:
             if question.kind == "number":
                 assert question.minimum is not None, question.key
                 assert question.minimum >= 0, question.key
-                if question.maximum is not None:
-                    assert question.maximum > question.minimum, question.key
+                assert question.maximum is not None, question.key
+                assert question.minimum < question.maximum <= MAX_SAFE_INTEGER, question.key
             else:
                 assert question.minimum is None, question.key
                 assert question.maximum is None, question.key
+                assert question.integer is False, question.key
+        for spec in ROI_INPUTS:
+            assert spec.minimum < spec.maximum <= MAX_SAFE_INTEGER, spec.key
 
     def test_natural_bounds_are_stated(self) -> None:
         assert QUESTION_BY_KEY["operating_hours_per_day"].maximum == 24
         assert QUESTION_BY_KEY["operating_days_per_week"].maximum == 7
         assert QUESTION_BY_KEY["error_damage_rate"].maximum == 100
-        # Turnover above 100 % a year is common in warehousing: no upper bound.
-        assert QUESTION_BY_KEY["labor_turnover_rate"].maximum is None
+        # Turnover above 100 % a year is common in warehousing: bounded well above it.
+        assert QUESTION_BY_KEY["labor_turnover_rate"].maximum == 500
+
+    def test_counts_are_whole_numbers_and_measures_are_not(self) -> None:
+        integers = {q.key for q in DISCOVERY_QUESTIONS if q.integer}
+        assert integers == {
+            "number_of_sites",
+            "daily_throughput_units",
+            "sku_count",
+            "floor_headcount",
+            "shifts_per_day",
+        }
+
+    def test_a_number_question_without_a_maximum_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="plausible maximum"):
+            DiscoveryQuestion(id=99, key="x", label="X?", group="goals", kind="number", minimum=0)
 
     def test_bounds_on_a_non_number_are_refused(self) -> None:
         with pytest.raises(ValueError, match="bounds"):
             DiscoveryQuestion(id=99, key="x", label="X?", group="goals", kind="text", maximum=3)
+
+
+class TestPlausibleValues:
+    """What issue 20 saw stored: each is refused now, by PUT, the offline agent and
+    extraction alike (they share these functions)."""
+
+    @pytest.mark.parametrize(
+        ("key", "value"),
+        [
+            ("facility_size_sqft", 1e300),
+            ("floor_headcount", 9_007_199_254_740_993),
+            ("floor_headcount", 100_001),
+            ("floor_headcount", 12.5),
+            ("number_of_sites", 10**400),
+            ("average_hourly_wage", 501),
+            ("labor_turnover_rate", 501),
+        ],
+    )
+    def test_implausible_answers_are_refused(self, key: str, value: Any) -> None:
+        with pytest.raises(InvalidAnswer):
+            validate_answer(key, value)
+        with pytest.raises(InvalidAnswer):
+            parse_answer(key, value)
+
+    @pytest.mark.parametrize(
+        ("key", "value"),
+        [("laborRate", 1e9), ("manualMonthlyHours", 1e6), ("manualMonthlySpend", 2e9)],
+    )
+    def test_implausible_roi_inputs_are_refused(self, key: str, value: float) -> None:
+        with pytest.raises(InvalidAnswer):
+            validate_roi_input(key, value)
+        with pytest.raises(InvalidAnswer):
+            parse_roi_input(key, str(value))
+
+    def test_a_count_past_the_safe_range_is_refused_exactly_not_rounded(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """2**53 + 1 as a float is 2**53: compared through float() it would pass a bound of
+        2**53 and be stored rounded. Compared as the int it is, it is refused."""
+        question = DiscoveryQuestion(
+            id=99,
+            key="x",
+            label="X?",
+            group="goals",
+            kind="number",
+            minimum=0,
+            maximum=float(MAX_SAFE_INTEGER),
+            integer=True,
+        )
+        monkeypatch.setattr(
+            answer_validation, "QUESTION_BY_KEY", {**QUESTION_BY_KEY, "x": question}
+        )
+        assert validate_answer("x", MAX_SAFE_INTEGER) == MAX_SAFE_INTEGER
+        for beyond in (MAX_SAFE_INTEGER + 2, float(2**53)):
+            with pytest.raises(InvalidAnswer):
+                validate_answer("x", beyond)
+        with pytest.raises(InvalidAnswer):
+            parse_answer("x", "9007199254740993")
+        assert parse_answer("x", "9007199254740991") == MAX_SAFE_INTEGER
+
+    def test_a_whole_float_count_is_stored_as_an_int(self) -> None:
+        assert validate_answer("floor_headcount", 25.0) == 25
+        assert isinstance(parse_answer("floor_headcount", 25.0), int)
+        assert parse_answer("daily_throughput_units", "1.5 million") == 1_500_000
+        assert parse_answer("floor_headcount", "2.5k people") == 2_500
+
+    def test_the_expected_form_says_whole_number(self) -> None:
+        assert expected_form("floor_headcount") == "a whole number from 0 to 100,000 (people)"
+
+    @pytest.mark.parametrize(
+        ("given", "kept"), [(0.0, 0.0), (0.7, 0.7), (1.0, 1.0), (None, None), (1e9, None)]
+    )
+    def test_confidence_is_a_probability_or_dropped(
+        self, given: float | None, kept: float | None
+    ) -> None:
+        assert plausible_confidence(given) == kept
+        for nonsense in (-3.0, 1.0000001, math.inf, math.nan):
+            assert plausible_confidence(nonsense) is None
 
 
 class TestStrictValidation:
@@ -215,10 +316,9 @@ class TestExtractionSchema:
             if question.kind == "choice":
                 assert value == {"type": "string", "enum": list(question.options)}
             elif question.kind == "number":
-                assert value["type"] == "number"
+                assert value["type"] == ("integer" if question.integer else "number")
                 assert value["minimum"] == question.minimum
-                if question.maximum is not None:
-                    assert value["maximum"] == question.maximum
+                assert value["maximum"] == question.maximum
             elif question.kind == "boolean":
                 assert value == {"type": "boolean"}
             else:
@@ -229,4 +329,4 @@ class TestExtractionSchema:
         assert list(roi["properties"]) == list(ROI_INPUT_KEYS)
         utilization = roi["properties"]["utilization"]
         assert utilization == {"type": ["number", "null"], "minimum": 0.0, "maximum": 1.0}
-        assert "maximum" not in roi["properties"]["laborRate"]
+        assert roi["properties"]["laborRate"]["maximum"] == 1_000.0

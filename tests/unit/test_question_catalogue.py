@@ -121,9 +121,12 @@ def test_roi_spec_bounds() -> None:
     for key in ("utilization", "maintenanceFactor"):
         assert by_key[key].minimum == 0.0
         assert by_key[key].maximum == 1.0
+    # Every input has an upper bound a real facility can have (issue 20).
+    assert by_key["laborRate"].maximum == 1_000.0
+    assert by_key["manualMonthlySpend"].maximum == 1_000_000_000.0
+    assert by_key["manualMonthlyHours"].maximum == 500_000.0
     for key in ("laborRate", "manualMonthlySpend", "manualMonthlyHours"):
         assert by_key[key].minimum == 0.0
-        assert by_key[key].maximum is None
     for spec in ROI_INPUTS:
         assert spec.label.endswith("?"), spec.key
         assert spec.unit

@@ -48,6 +48,7 @@ from autopilot_api.services.health_service import HealthService
 from autopilot_api.services.profile_extraction_service import ProfileExtractionService
 from autopilot_api.services.search_session_service import SearchSessionService
 from autopilot_api.services.session_service import SessionService
+from autopilot_api.services.write_limits import WriteLimits, caller_key
 
 __all__ = [
     "SESSION_COOKIE_CONFIG",
@@ -139,7 +140,8 @@ SessionServiceDep = Annotated[SessionService, Depends(get_session_service)]
 
 
 async def get_conversation_service(request: Request) -> ConversationService:
-    return ConversationService(app_state(request).supabase)
+    state = app_state(request)
+    return ConversationService(state.supabase, state.settings, rate_limiter=state.rate_limiter)
 
 
 ConversationServiceDep = Annotated[ConversationService, Depends(get_conversation_service)]
@@ -178,7 +180,9 @@ async def get_chat_service(request: Request) -> ChatService:
     state = app_state(request)
     return ChatService(
         state.settings,
-        conversations=ConversationService(state.supabase),
+        conversations=ConversationService(
+            state.supabase, state.settings, rate_limiter=state.rate_limiter
+        ),
         agent=agent_service(state),
         profiles=discovery_profile_service(state),
         rate_limiter=state.rate_limiter,
@@ -350,6 +354,18 @@ async def get_current_user(user: OptionalUser) -> UserContext:
 
 
 CurrentUser = Annotated[UserContext, Depends(get_current_user)]
+
+
+async def get_writing_user(request: Request, user: CurrentUser) -> UserContext:
+    """A verified user making a write: counted against their WRITE_LIMIT_PER_MINUTE (429)."""
+    state = app_state(request)
+    await WriteLimits(state.rate_limiter, state.settings).write(
+        caller=caller_key(user_id=user.id, session_id=None)
+    )
+    return user
+
+
+WritingUser = Annotated[UserContext, Depends(get_writing_user)]
 
 
 async def get_current_admin(user: CurrentUser) -> UserContext:
@@ -581,11 +597,7 @@ ReadOwnerDep = Annotated[Owner, Depends(get_read_owner)]
 
 async def get_search_session_service(request: Request) -> SearchSessionService:
     state = app_state(request)
-    return SearchSessionService(
-        state.supabase,
-        idempotency_ttl_seconds=state.settings.idempotency_key_ttl_seconds,
-        max_ids=state.settings.search_session_max_ids,
-    )
+    return SearchSessionService(state.supabase, state.settings, rate_limiter=state.rate_limiter)
 
 
 SearchSessionServiceDep = Annotated[SearchSessionService, Depends(get_search_session_service)]

@@ -104,6 +104,18 @@ class Settings(BaseSettings):
     audit_event_retention_days: int = Field(default=90, ge=1, le=3650)
     admin_active_minutes: int = Field(default=15, ge=1)
 
+    # --- fair share: write limits and storage caps (README "Operations") ---------------
+    write_limit_per_minute: int = Field(default=120, ge=1)
+    conversation_create_limit_per_hour: int = Field(default=20, ge=1)
+    conversation_create_limit_per_hour_per_ip: int = Field(default=30, ge=1)
+    search_session_create_limit_per_hour: int = Field(default=10, ge=1)
+    search_session_create_limit_per_hour_per_ip: int = Field(default=10, ge=1)
+    conversations_max_per_owner: int = Field(default=10, ge=1, le=10_000)
+    messages_max_per_conversation: int = Field(default=100, ge=1, le=100_000)
+    search_sessions_max_per_owner: int = Field(default=3, ge=1, le=1_000)
+    search_query_max_bytes: int = Field(default=8192, ge=256, le=1024 * 1024)
+    idempotency_keys_max_per_caller: int = Field(default=100, ge=1, le=1_000_000)
+
     # --- scaling out ------------------------------------------------------------------
     redis_url: str | None = None
 

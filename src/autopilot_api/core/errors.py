@@ -266,3 +266,24 @@ class MetadataTooLargeError(ValidationFailedError):
 class SearchSessionFullError(ValidationFailedError):
     code = "search_session_full"
     default_message = "This search session holds as many discovered ids as it may."
+
+
+# Storage caps per owner (issue 20): 422 like the two above, each naming its limit in details.
+class TooManyConversationsError(ValidationFailedError):
+    code = "too_many_conversations"
+    default_message = "You have as many conversations as one visitor may have."
+
+
+class ConversationFullError(ValidationFailedError):
+    code = "conversation_full"
+    default_message = "This conversation holds as many of your messages as one may."
+
+
+class TooManySearchSessionsError(ValidationFailedError):
+    code = "too_many_search_sessions"
+    default_message = "You have as many active search sessions as one visitor may have."
+
+
+class SearchQueryTooLargeError(ValidationFailedError):
+    code = "search_query_too_large"
+    default_message = "The search query is larger than a search session may store."

@@ -294,7 +294,8 @@ class QuestionPublic(CamelModel):
     options: list[str] = Field(description="choice: the only values accepted (any case).")
     unit: str | None
     minimum: float | None = Field(description="number: the smallest value accepted.")
-    maximum: float | None = Field(description="number: the largest value accepted, if any.")
+    maximum: float | None = Field(description="number: the largest value accepted.")
+    integer: bool = Field(description="number: only whole numbers are accepted (a count).")
     max_length: int | None = Field(description="text: the most characters accepted.")
 
 

@@ -3,10 +3,14 @@ answer enters.
 
 - `validate_answer` / `validate_roi_input` are strict (PUT): a choice is one of its options
   (any case; stored in the option's own spelling), a number is a finite JSON number within
-  its bounds, a yes/no question takes a boolean, text is capped as PUT caps it.
+  its bounds (every number has an upper bound a real facility can have), a count is a whole
+  number (within JavaScript's safe range, compared exactly: never through a float, which
+  would round 2**53 + 1 to 2**53), a yes/no question takes a boolean, text is capped as
+  PUT caps it.
 - `parse_answer` / `parse_roi_input` first read what people type ("50k", "80%",
-  "1,200 sq ft", "yes", "warehouse" for "warehouse / distribution center"), then apply the
-  strict check. The offline agent and extraction use them.
+  "1,200 sq ft", "yes", "warehouse" for "warehouse / distribution center"), exactly (as a
+  Decimal), then apply the strict check. The offline agent and extraction use them.
+- `plausible_confidence`: extraction's confidence is a probability, else it is dropped.
 
 The merges in SQL (the claim's, extraction's) judge stored values by `catalogue_rules()`,
 which the services pass to them as data (autopilot_private.entry_is_valid): SQL keeps no copy,
@@ -17,11 +21,15 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Final, TypeGuard
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Final, TypeGuard
+
+from pydantic import AfterValidator
 
 from autopilot_api.schemas.discovery import MAX_TEXT_ANSWER_CHARS, AnswerValue
 from autopilot_api.services.extraction_constants import (
     DISCOVERY_QUESTIONS,
+    MAX_SAFE_INTEGER,
     QUESTION_BY_KEY,
     ROI_INPUTS,
     DiscoveryQuestion,
@@ -38,13 +46,13 @@ _NUMBER: Final = re.compile(
     re.IGNORECASE,
 )
 _SCALE: Final = {
-    "k": 1e3,
-    "thousand": 1e3,
-    "m": 1e6,
-    "mm": 1e6,
-    "million": 1e6,
-    "bn": 1e9,
-    "billion": 1e9,
+    "k": Decimal(10**3),
+    "thousand": Decimal(10**3),
+    "m": Decimal(10**6),
+    "mm": Decimal(10**6),
+    "million": Decimal(10**6),
+    "bn": Decimal(10**9),
+    "billion": Decimal(10**9),
 }
 
 
@@ -61,12 +69,15 @@ def _fmt(number: float) -> str:
     return f"{int(number):,}" if float(number).is_integer() else f"{number:,}"
 
 
-def _number_form(minimum: float | None, maximum: float | None, unit: str | None) -> str:
+def _number_form(
+    minimum: float | None, maximum: float | None, unit: str | None, *, integer: bool = False
+) -> str:
     low = _fmt(minimum or 0.0)
+    noun = "a whole number" if integer else "a number"
     form = (
-        f"a number from {low} to {_fmt(maximum)}"
+        f"{noun} from {low} to {_fmt(maximum)}"
         if maximum is not None
-        else (f"a number of at least {low}")
+        else (f"{noun} of at least {low}")
     )
     return f"{form} ({unit})" if unit else form
 
@@ -80,7 +91,9 @@ def expected_form(key: str) -> str:
     if question.kind == "choice":
         return "one of: " + ", ".join(question.options)
     if question.kind == "number":
-        return _number_form(question.minimum, question.maximum, question.unit)
+        return _number_form(
+            question.minimum, question.maximum, question.unit, integer=question.integer
+        )
     if question.kind == "boolean":
         return "true or false"
     return f"text of 1 to {MAX_TEXT_ANSWER_CHARS} characters"
@@ -91,17 +104,39 @@ def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _within(value: float, minimum: float | None, maximum: float | None) -> bool:
-    if not math.isfinite(value) or value < (minimum or 0.0):
+def _within(value: int | float, minimum: float | None, maximum: float | None) -> bool:
+    """Compared as given: Python compares an int with a float exactly, where float(int)
+    would round (and overflow past 1e308)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if value < (minimum or 0.0):
         return False
     return maximum is None or value <= maximum
 
 
-def _tidy(number: float) -> int | float:
+def _whole(value: int | float) -> int | None:
+    """The value as an int when it is a whole number JavaScript holds exactly (25.0 → 25);
+    else None. A float past 2**53 has already been rounded: it is refused too."""
+    if isinstance(value, float):
+        if not value.is_integer():
+            return None
+        value = int(value)
+    return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else None
+
+
+def _tidy(number: int | float) -> int | float:
     """120000.0 → 120000: a whole number is stored as an integer."""
-    if float(number).is_integer() and abs(number) < 2**53:
+    if isinstance(number, float) and not math.isfinite(number):
+        return number
+    whole = _whole(number)
+    return number if whole is None else whole
+
+
+def _from_decimal(number: Decimal) -> int | float:
+    """An exact reading: an int when whole (however large), else the nearest float."""
+    if number == number.to_integral_value():
         return int(number)
-    return number
+    return float(number)
 
 
 # --- strict -------------------------------------------------------------------------------
@@ -115,7 +150,11 @@ def validate_answer(key: str, value: object) -> AnswerValue:
                 if option.lower() == wanted:
                     return option
     elif question.kind == "number":
-        if _is_number(value) and _within(float(value), question.minimum, question.maximum):
+        if _is_number(value) and question.integer:
+            whole = _whole(value)
+            if whole is not None and _within(whole, question.minimum, question.maximum):
+                return whole
+        elif _is_number(value) and _within(value, question.minimum, question.maximum):
             return value
     elif question.kind == "boolean":
         if isinstance(value, bool):
@@ -129,9 +168,21 @@ def validate_answer(key: str, value: object) -> AnswerValue:
 
 def validate_roi_input(key: str, value: object) -> float:
     spec = ROI_BY_KEY[key]
-    if _is_number(value) and _within(float(value), spec.minimum, spec.maximum):
+    if _is_number(value) and _within(value, spec.minimum, spec.maximum):
         return float(value)
     raise InvalidAnswer(key, expected_form(key))
+
+
+def plausible_confidence(value: float | None) -> float | None:
+    """Extraction's confidence as a probability (0 to 1); anything else (1e9, -3) is not a
+    confidence at all: dropped, so the answer is kept without one."""
+    if value is None or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        return None
+    return value
+
+
+# What extraction's payload declares for each confidence it reads.
+Confidence = Annotated[float | None, AfterValidator(plausible_confidence)]
 
 
 def is_valid_stored(key: str, value: Any) -> bool:
@@ -147,14 +198,17 @@ def is_valid_stored(key: str, value: Any) -> bool:
 
 
 # --- lenient: what people type ------------------------------------------------------------
-def _read_number(text: str) -> tuple[float, bool] | None:
-    """The one number in `text` ("50k", "1,200 sq ft", "$22.50/hour", "80%") and whether
-    it carried a percent sign; None when there is no number or more than one."""
+def _read_number(text: str) -> tuple[Decimal, bool] | None:
+    """The one number in `text` ("50k", "1,200 sq ft", "$22.50/hour", "80%"), exactly, and
+    whether it carried a percent sign; None when there is no number or more than one."""
     found = list(_NUMBER.finditer(text))
     if len(found) != 1:
         return None
     digits, scale, percent = found[0].groups()
-    number = float(digits.replace(",", "")) * _SCALE.get((scale or "").lower(), 1.0)
+    try:
+        number = Decimal(digits.replace(",", "")) * _SCALE.get((scale or "").lower(), 1)
+    except InvalidOperation:
+        return None
     return number, percent is not None
 
 
@@ -189,14 +243,14 @@ def parse_answer(key: str, raw: object) -> AnswerValue:
     if isinstance(raw, str):
         if question.kind == "number":
             read = _read_number(raw)
-            value = _tidy(read[0]) if read is not None else raw
+            value = _from_decimal(read[0]) if read is not None else raw
         elif question.kind == "choice":
             value = _read_choice(question, raw) or raw
         elif question.kind == "boolean":
             boolean = _read_boolean(raw)
             value = raw if boolean is None else boolean
     elif _is_number(raw) and question.kind == "number":
-        value = _tidy(float(raw))
+        value = _tidy(raw)
     return validate_answer(key, value)
 
 
@@ -208,11 +262,11 @@ def parse_roi_input(key: str, raw: object) -> float:
     if read is None:
         raise InvalidAnswer(key, expected_form(key))
     number, percent = read
-    if spec.unit == "fraction" and spec.maximum is not None:
+    if spec.unit == "fraction":
         # "80%", or "80" for a fraction from 0 to 1, means 0.8
         if percent or spec.maximum < number <= 100:
             number /= 100
-    return validate_roi_input(key, number)
+    return validate_roi_input(key, float(number))
 
 
 # --- the rules the SQL merge consults ---------------------------------------------------
@@ -220,7 +274,12 @@ def _rule(question: DiscoveryQuestion) -> dict[str, Any]:
     if question.kind == "choice":
         return {"kind": "choice", "options": list(question.options)}
     if question.kind == "number":
-        return {"kind": "number", "minimum": question.minimum, "maximum": question.maximum}
+        return {
+            "kind": "number",
+            "minimum": question.minimum,
+            "maximum": question.maximum,
+            "integer": question.integer,
+        }
     if question.kind == "boolean":
         return {"kind": "boolean"}
     return {"kind": "text", "maxChars": MAX_TEXT_ANSWER_CHARS}
@@ -230,5 +289,10 @@ def catalogue_rules() -> dict[str, dict[str, Any]]:
     """Per key, what a stored value must be: the `p_rules` the SQL merges judge by."""
     rules = {question.key: _rule(question) for question in DISCOVERY_QUESTIONS}
     for spec in ROI_INPUTS:
-        rules[spec.key] = {"kind": "number", "minimum": spec.minimum, "maximum": spec.maximum}
+        rules[spec.key] = {
+            "kind": "number",
+            "minimum": spec.minimum,
+            "maximum": spec.maximum,
+            "integer": False,
+        }
     return rules

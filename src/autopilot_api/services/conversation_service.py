@@ -7,9 +7,10 @@ from uuid import UUID
 
 from supabase import AsyncClient
 
+from autopilot_api.core.config import Settings
 from autopilot_api.core.errors import ConversationNotFoundError
 from autopilot_api.core.supabase import call_rpc, translate_data_plane_error
-from autopilot_api.models.auth import AuthContext
+from autopilot_api.models.auth import AuthContext, Owner
 from autopilot_api.models.conversation import (
     AppendedMessage,
     Conversation,
@@ -18,11 +19,22 @@ from autopilot_api.models.conversation import (
     StartedConversation,
 )
 from autopilot_api.services.opening import OPENING_STEPS
+from autopilot_api.services.rate_limiter import RateLimiter
+from autopilot_api.services.write_limits import WriteLimits
 
 
 class ConversationService:
-    def __init__(self, supabase: AsyncClient) -> None:
+    def __init__(
+        self, supabase: AsyncClient, settings: Settings, *, rate_limiter: RateLimiter
+    ) -> None:
         self._supabase = supabase
+        self._settings = settings
+        self._limits = WriteLimits(rate_limiter, settings)
+
+    @property
+    def settings(self) -> Settings:
+        """What it runs with; the routes read the client address through it."""
+        return self._settings
 
     async def _select(self, query: Any) -> list[dict[str, Any]]:
         try:
@@ -37,8 +49,16 @@ class ConversationService:
         user_id: UUID | None = None,
         session_id: UUID | None = None,
         title: str | None = None,
+        client_ip: str,
     ) -> StartedConversation:
-        """The conversation and the agent's opening message, stored in one transaction."""
+        """The conversation and the agent's opening message, stored in one transaction.
+        Rate-limited per owner and, for an anonymous session, per client IP; capped per
+        owner in SQL (422 too_many_conversations)."""
+        await self._limits.create(
+            kind="conversation",
+            owner=Owner(user_id=user_id, session_id=session_id),
+            client_ip=client_ip,
+        )
         started = await call_rpc(
             self._supabase,
             "create_conversation",
@@ -47,14 +67,17 @@ class ConversationService:
                 "p_session_id": str(session_id) if session_id else None,
                 "p_title": title,
                 "p_opening": OPENING_STEPS,
+                "p_max_per_owner": self._settings.conversations_max_per_owner,
             },
         )
         return cast(StartedConversation, started)
 
     async def create_conversation_for_session(
-        self, *, session_id: UUID, title: str | None = None
+        self, *, session_id: UUID, client_ip: str, title: str | None = None
     ) -> Conversation:
-        started = await self.create_conversation(session_id=session_id, title=title)
+        started = await self.create_conversation(
+            session_id=session_id, title=title, client_ip=client_ip
+        )
         return started["conversation"]
 
     async def get_owned(self, *, conversation_id: UUID, auth: AuthContext) -> Conversation:
@@ -123,6 +146,7 @@ class ConversationService:
                 "p_conversation_id": str(conversation_id),
                 "p_content": content,
                 "p_idempotency_key": idempotency_key,
+                "p_max_messages": self._settings.messages_max_per_conversation,
             },
         )
         return cast(AppendedMessage, result)

@@ -15,6 +15,9 @@ QuestionGroup = Literal["facility", "operations", "staffing", "goals", "budget_t
 QuestionKind = Literal["text", "number", "choice", "boolean"]
 JsonSchema = dict[str, Any]
 
+# The largest integer a JavaScript number (the SPA's) holds exactly: 2**53 - 1.
+MAX_SAFE_INTEGER: Final[int] = 2**53 - 1
+
 QUESTION_GROUPS: Final[tuple[QuestionGroup, ...]] = (
     "facility",
     "operations",
@@ -33,9 +36,12 @@ class DiscoveryQuestion:
     kind: QuestionKind
     options: tuple[str, ...] = ()
     unit: str | None = None
-    # Numbers only: every number is non-negative; an upper bound where one is natural.
+    # Numbers only: every number is non-negative and has an upper bound a real facility
+    # can have (README "Plausible values" gives each one's reason).
     minimum: float | None = None
     maximum: float | None = None
+    # Numbers only: a count, taken only as a whole number (within MAX_SAFE_INTEGER).
+    integer: bool = False
 
     def __post_init__(self) -> None:
         # Fail at import time rather than letting a malformed entry reach the agent or the SPA.
@@ -51,6 +57,10 @@ class DiscoveryQuestion:
             raise ValueError(f"question {self.key!r}: only number questions carry bounds")
         if self.kind == "number" and (self.minimum is None or self.minimum < 0):
             raise ValueError(f"question {self.key!r}: a number's minimum is 0 or more")
+        if self.kind == "number" and (self.maximum is None or self.maximum > MAX_SAFE_INTEGER):
+            raise ValueError(f"question {self.key!r}: a number needs a plausible maximum")
+        if self.integer and self.kind != "number":
+            raise ValueError(f"question {self.key!r}: only number questions are integers")
         if self.maximum is not None and self.minimum is not None and self.maximum <= self.minimum:
             raise ValueError(f"question {self.key!r}: maximum must exceed minimum")
 
@@ -60,7 +70,8 @@ class RoiInputSpec:
     key: str
     label: str
     minimum: float
-    maximum: float | None
+    # An upper bound a real facility can have (README "Plausible values").
+    maximum: float
     unit: str
 
 
@@ -74,6 +85,7 @@ def _q(
     options: tuple[str, ...] = (),
     unit: str | None = None,
     maximum: float | None = None,
+    integer: bool = False,
 ) -> DiscoveryQuestion:
     return DiscoveryQuestion(
         id=id,
@@ -85,6 +97,7 @@ def _q(
         unit=unit,
         minimum=0.0 if kind == "number" else None,
         maximum=maximum,
+        integer=integer,
     )
 
 
@@ -112,6 +125,8 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "facility",
         "number",
         unit="sq ft",
+        # The largest buildings are 4-10 million sq ft (Boeing Everett, Giga Texas).
+        maximum=50_000_000.0,
     ),
     _q(
         3,
@@ -120,7 +135,16 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "facility",
         "text",
     ),
-    _q(4, "number_of_sites", "How many sites or facilities do you operate?", "facility", "number"),
+    _q(
+        4,
+        "number_of_sites",
+        "How many sites or facilities do you operate?",
+        "facility",
+        "number",
+        # The largest retail and postal networks run 10,000-35,000 sites.
+        maximum=100_000.0,
+        integer=True,
+    ),
     _q(
         5,
         "operating_hours_per_day",
@@ -128,7 +152,7 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "facility",
         "number",
         unit="hours/day",
-        maximum=24.0,
+        maximum=24.0,  # a day has 24 hours
     ),
     _q(
         6,
@@ -137,7 +161,7 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "facility",
         "number",
         unit="days/week",
-        maximum=7.0,
+        maximum=7.0,  # a week has 7 days
     ),
     # operations
     _q(
@@ -154,8 +178,20 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "operations",
         "number",
         unit="units/day",
+        # The busiest parcel hubs sort 2-4 million packages a day.
+        maximum=100_000_000.0,
+        integer=True,
     ),
-    _q(9, "sku_count", "Roughly how many distinct SKUs do you handle?", "operations", "number"),
+    _q(
+        9,
+        "sku_count",
+        "Roughly how many distinct SKUs do you handle?",
+        "operations",
+        "number",
+        # The largest fulfilment centres stock tens of millions of distinct items.
+        maximum=100_000_000.0,
+        integer=True,
+    ),
     _q(
         10,
         "current_automation_level",
@@ -178,7 +214,7 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "operations",
         "number",
         unit="%",
-        maximum=100.0,
+        maximum=100.0,  # a share of all orders
     ),
     # staffing
     _q(
@@ -188,6 +224,9 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "staffing",
         "number",
         unit="people",
+        # The largest plants have 100,000-300,000 people on site across all shifts.
+        maximum=100_000.0,
+        integer=True,
     ),
     _q(
         14,
@@ -195,7 +234,8 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "How many shifts do you run per day?",
         "staffing",
         "number",
-        maximum=24.0,
+        maximum=24.0,  # a shift is at least an hour
+        integer=True,
     ),
     _q(
         15,
@@ -204,6 +244,8 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "staffing",
         "number",
         unit="%/year",
+        # Warehouses see 40-150 % a year; 500 % is every position refilled every ~10 weeks.
+        maximum=500.0,
     ),
     _q(
         16,
@@ -219,6 +261,8 @@ DISCOVERY_QUESTIONS: Final[tuple[DiscoveryQuestion, ...]] = (
         "staffing",
         "number",
         unit="USD/hour",
+        # Floor wages run $15-60 an hour; 500 leaves room for any specialist.
+        maximum=500.0,
     ),
     # goals
     _q(
@@ -330,7 +374,8 @@ ROI_INPUTS: Final[tuple[RoiInputSpec, ...]] = (
         key="laborRate",
         label="What is your fully loaded labor rate per hour (USD)?",
         minimum=0.0,
-        maximum=None,
+        # A wage plus benefits and overhead: twice the highest floor wage above.
+        maximum=1_000.0,
         unit="USD/hour",
     ),
     RoiInputSpec(
@@ -352,14 +397,17 @@ ROI_INPUTS: Final[tuple[RoiInputSpec, ...]] = (
         key="manualMonthlySpend",
         label="How much do you spend per month on the manual work automation would replace (USD)?",
         minimum=0.0,
-        maximum=None,
+        # 100,000 people (the headcount bound) at a loaded $60 an hour run ~$1 billion a month.
+        maximum=1_000_000_000.0,
         unit="USD/month",
     ),
     RoiInputSpec(
         key="manualMonthlyHours",
         label="How many labor hours per month go into the work automation would replace?",
         minimum=0.0,
-        maximum=None,
+        # Person-hours, not clock hours (a month has at most 744 of those per position):
+        # 500,000 is ~670 positions staffed around the clock, or ~2,900 full-time people.
+        maximum=500_000.0,
         unit="hours/month",
     ),
 )
@@ -420,8 +468,11 @@ EXTRACTION_USER_PROMPT: Final[str] = (
 )
 
 
-def _number_schema(minimum: float | None, maximum: float | None, *, nullable: bool) -> JsonSchema:
-    schema: JsonSchema = {"type": ["number", "null"] if nullable else "number"}
+def _number_schema(
+    minimum: float | None, maximum: float | None, *, nullable: bool, integer: bool = False
+) -> JsonSchema:
+    kind = "integer" if integer else "number"
+    schema: JsonSchema = {"type": [kind, "null"] if nullable else kind}
     if minimum is not None:
         schema["minimum"] = minimum
     if maximum is not None:
@@ -434,11 +485,17 @@ def answer_value_schema(question: DiscoveryQuestion) -> JsonSchema:
     if question.kind == "choice":
         return {"type": "string", "enum": list(question.options)}
     if question.kind == "number":
-        return _number_schema(question.minimum, question.maximum, nullable=False)
+        return _number_schema(
+            question.minimum, question.maximum, nullable=False, integer=question.integer
+        )
     if question.kind == "boolean":
         return {"type": "boolean"}
     # strict mode has no maxLength: the validator drops an over-long text afterwards
     return {"type": "string"}
+
+
+# A probability; answer_validation.plausible_confidence drops anything else the model sends.
+CONFIDENCE_SCHEMA: Final[JsonSchema] = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
 
 
 def _answer_entry_schema(question: DiscoveryQuestion) -> JsonSchema:
@@ -449,7 +506,7 @@ def _answer_entry_schema(question: DiscoveryQuestion) -> JsonSchema:
                 "properties": {
                     "value": answer_value_schema(question),
                     "evidence": {"type": ["string", "null"]},
-                    "confidence": {"type": ["number", "null"]},
+                    "confidence": CONFIDENCE_SCHEMA,
                 },
                 "required": ["value", "evidence", "confidence"],
                 "additionalProperties": False,
@@ -481,7 +538,7 @@ EXTRACTION_SCHEMA: Final[JsonSchema] = {
             "required": list(ROI_INPUT_KEYS),
             "additionalProperties": False,
         },
-        "confidence": {"type": ["number", "null"]},
+        "confidence": CONFIDENCE_SCHEMA,
     },
     "required": ["answers", "roi_inputs", "confidence"],
     "additionalProperties": False,

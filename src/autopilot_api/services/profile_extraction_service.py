@@ -24,6 +24,7 @@ from autopilot_api.models.conversation import Message
 from autopilot_api.models.session import DiscoveryAnswer, ROIInputEntry
 from autopilot_api.services.answer_validation import (
     ROI_BY_KEY,
+    Confidence,
     InvalidAnswer,
     catalogue_rules,
     expected_form,
@@ -62,16 +63,17 @@ def _as_data(value: Any) -> str:
 class _ExtractedAnswer(BaseModel):
     model_config = ConfigDict(extra="ignore")
     # Typed by the schema; still checked here (strict mode cannot cap a text's length).
-    value: bool | float | str | None = None
+    # int before float: a float would round a count past 2**53 before it is checked.
+    value: bool | int | float | str | None = None
     evidence: str | None = None
-    confidence: float | None = None
+    confidence: Confidence = None
 
 
 class _ExtractionPayload(BaseModel):
     model_config = ConfigDict(extra="ignore")
     answers: dict[str, _ExtractedAnswer | None] = {}
     roi_inputs: dict[str, float | None] = {}
-    confidence: float | None = None
+    confidence: Confidence = None
 
 
 @dataclass

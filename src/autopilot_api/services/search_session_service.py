@@ -1,5 +1,6 @@
 """Progressive-loading search sessions. Every change is one SQL function (atomic under
-concurrency); this class shapes inputs and outputs."""
+concurrency, caps included); this class shapes inputs and outputs and counts each write
+against the caller's rate limits."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from typing import Any, cast
 
 from supabase import AsyncClient
 
+from autopilot_api.core.config import Settings
+from autopilot_api.core.errors import SearchSessionNotFoundError
 from autopilot_api.core.supabase import call_rpc
 from autopilot_api.models.auth import Owner
+from autopilot_api.services.rate_limiter import RateLimiter
+from autopilot_api.services.write_limits import WriteLimits, owner_key
 
 SUMMARY_MAX_CHARS = 80
 
@@ -45,22 +50,37 @@ class KeyedOutcome:
 
 class SearchSessionService:
     def __init__(
-        self, supabase: AsyncClient, *, idempotency_ttl_seconds: int, max_ids: int
+        self, supabase: AsyncClient, settings: Settings, *, rate_limiter: RateLimiter
     ) -> None:
         self._supabase = supabase
-        self._idempotency_ttl_seconds = idempotency_ttl_seconds
-        self._max_ids = max_ids
+        self._settings = settings
+        self._limits = WriteLimits(rate_limiter, settings)
+
+    @property
+    def settings(self) -> Settings:
+        """What it runs with; the routes read the client address through it."""
+        return self._settings
+
+    async def _count_write(self, owner: Owner) -> None:
+        """A write by nobody (no session, no user) can only find nothing: 404 before any
+        work, so there is nothing to count. Anyone else's write counts."""
+        if owner.is_nobody:
+            raise SearchSessionNotFoundError()
+        await self._limits.write(caller=owner_key(owner))
 
     async def _keyed_call(
         self, function: str, owner: Owner, idempotency_key: str | None, **params: Any
     ) -> KeyedOutcome:
-        """A call whose SQL function stores its outcome under the key, in its own transaction."""
+        """A call whose SQL function stores its outcome under the key, in its own transaction
+        (a new key past the caller's IDEMPOTENCY_KEYS_MAX_PER_CALLER drops their oldest)."""
+        await self._count_write(owner)
         result = dict(
             await self._call(
                 function,
                 owner,
                 idempotency_key=idempotency_key,
-                idempotency_ttl_seconds=self._idempotency_ttl_seconds,
+                idempotency_ttl_seconds=self._settings.idempotency_key_ttl_seconds,
+                idempotency_max_keys=self._settings.idempotency_keys_max_per_caller,
                 **params,
             )
         )
@@ -79,8 +99,17 @@ class SearchSessionService:
         )
 
     async def create(
-        self, *, owner: Owner, search_query: dict[str, Any], companies: list[str], batch_size: int
+        self,
+        *,
+        owner: Owner,
+        client_ip: str,
+        search_query: dict[str, Any],
+        companies: list[str],
+        batch_size: int,
     ) -> dict[str, Any]:
+        """Rate-limited per owner and (anonymous) per client IP; capped per owner and in the
+        query's size, in SQL (422 too_many_search_sessions, search_query_too_large)."""
+        await self._limits.create(kind="search_session", owner=owner, client_ip=client_ip)
         batches = split_into_batches(companies, batch_size)
         created = await self._call(
             "create_search_session",
@@ -88,6 +117,8 @@ class SearchSessionService:
             id=new_search_session_id(),
             search_query=search_query,
             batches=batches,
+            max_per_owner=self._settings.search_sessions_max_per_owner,
+            query_max_bytes=self._settings.search_query_max_bytes,
         )
         return {**cast(dict[str, Any], created), "batch_size": batch_size}
 
@@ -99,10 +130,15 @@ class SearchSessionService:
     async def add_discovered(
         self, *, owner: Owner, session_id: str, ids: list[int]
     ) -> dict[str, Any]:
+        await self._count_write(owner)
         return cast(
             dict[str, Any],
             await self._call(
-                "add_discovered_ids", owner, id=session_id, ids=ids, max_ids=self._max_ids
+                "add_discovered_ids",
+                owner,
+                id=session_id,
+                ids=ids,
+                max_ids=self._settings.search_session_max_ids,
             ),
         )
 
@@ -142,5 +178,8 @@ class SearchSessionService:
 
     async def clear(self, *, owner: Owner, session_id: str | None = None) -> int:
         if owner.is_nobody:
+            if session_id is not None:
+                raise SearchSessionNotFoundError()
             return 0
+        await self._count_write(owner)
         return int(await self._call("clear_search_sessions", owner, id=session_id))

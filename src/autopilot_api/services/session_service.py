@@ -31,6 +31,7 @@ from autopilot_api.services.event_bus import EventBus, session_subject
 from autopilot_api.services.phases import phase_keys_for
 from autopilot_api.services.progress import build_progress_patch
 from autopilot_api.services.rate_limiter import RateLimiter, client_bucket
+from autopilot_api.services.write_limits import WriteLimits, caller_key
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class SessionService:
         self._settings = settings
         self._profiles = profiles
         self._rate_limiter = rate_limiter
+        self._limits = WriteLimits(rate_limiter, settings)
         self._bus = bus
 
     @property
@@ -214,12 +216,14 @@ class SessionService:
 
     async def complete_session(self, *, session_id: UUID) -> Session:
         """Only from greenlight (409 otherwise); completing twice changes nothing."""
+        await self._limits.write(caller=caller_key(user_id=None, session_id=session_id))
         row = await call_rpc(self._supabase, "complete_session", {"p_session_id": str(session_id)})
         logger.info("session completed: session_id=%s", session_id)
         await self._bus.publish(session_subject(session_id))
         return cast(Session, row)
 
     async def delete_session(self, *, session_id: UUID) -> None:
+        await self._limits.write(caller=caller_key(user_id=None, session_id=session_id))
         deleted = await call_rpc(
             self._supabase, "delete_session", {"p_session_id": str(session_id)}
         )
@@ -235,6 +239,7 @@ class SessionService:
             raise AnonymousUserCannotClaimError()
         if not _TOKEN_SHAPE.match(token):
             raise SessionNotFoundError("No session to claim.")
+        await self._limits.write(caller=caller_key(user_id=user.id, session_id=None))
         outcome = await self._profiles.create_from_session(
             session_token=token, user=user, dry_run=dry_run
         )

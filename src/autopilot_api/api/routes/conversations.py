@@ -83,7 +83,10 @@ async def create_conversation(
 ) -> ConversationWithMessages:
     """Owned by the user, else the session (created if needed); opens with the agent's question."""
     started = await conversations.create_conversation(
-        user_id=owner.user_id, session_id=owner.session_id, title=body.title if body else None
+        user_id=owner.user_id,
+        session_id=owner.session_id,
+        title=body.title if body else None,
+        client_ip=client_ip(request, conversations.settings),
     )
     conversation = started["conversation"]
     set_location(response, request, "get_conversation", conversation_id=str(conversation["id"]))

@@ -9,6 +9,7 @@ from autopilot_api.api.deps import (
     DiscoveryProfileServiceDep,
     IfMatchDep,
     SettingsDep,
+    WritingUser,
     expected_version,
     set_etag,
 )
@@ -37,6 +38,7 @@ _QUESTIONS = [
         unit=question.unit,
         minimum=question.minimum,
         maximum=question.maximum,
+        integer=question.integer,
         max_length=MAX_TEXT_ANSWER_CHARS if question.kind == "text" else None,
     )
     for question in DISCOVERY_QUESTIONS
@@ -81,13 +83,13 @@ async def get_discovery_profile(
     status_code=status.HTTP_200_OK,
     responses={
         200: {"headers": header_docs("ETag")},
-        **error_responses(401, 409, 412, 413, 422, 503),
+        **error_responses(401, 409, 412, 413, 422, 429, 503),
     },
     openapi_extra=SIGNED_IN,
 )
 async def update_discovery_profile(
     update: DiscoveryProfileUpdate,
-    user: CurrentUser,
+    user: WritingUser,
     response: Response,
     profiles: DiscoveryProfileServiceDep,
     if_match: IfMatchDep,
@@ -105,11 +107,11 @@ async def update_discovery_profile(
     "/complete",
     summary="Complete the signed-in user's discovery profile (from the greenlight phase)",
     status_code=status.HTTP_200_OK,
-    responses={200: {"headers": header_docs("ETag")}, **error_responses(401, 409, 503)},
+    responses={200: {"headers": header_docs("ETag")}, **error_responses(401, 409, 429, 503)},
     openapi_extra=SIGNED_IN,
 )
 async def complete_discovery_profile(
-    user: CurrentUser,
+    user: WritingUser,
     response: Response,
     profiles: DiscoveryProfileServiceDep,
     settings: SettingsDep,

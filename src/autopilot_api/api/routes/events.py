@@ -11,10 +11,10 @@ from fastapi.sse import format_sse_event
 
 from autopilot_api.api.deps import (
     CurrentAuth,
-    CurrentUser,
     EventServiceDep,
     EventStreamCookie,
     SettingsDep,
+    WritingUser,
     set_event_stream_cookie,
 )
 from autopilot_api.api.json_body import JSONBodyRoute
@@ -41,10 +41,10 @@ router = APIRouter(tags=["events"], route_class=JSONBodyRoute)
     "/ticket",
     summary="A short-lived ticket for opening an EventSource",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(401, 503),
+    responses=error_responses(401, 429, 503),
     openapi_extra=SIGNED_IN,
 )
-async def issue_ticket(user: CurrentUser, events: EventServiceDep) -> EventTicketPublic:
+async def issue_ticket(user: WritingUser, events: EventServiceDep) -> EventTicketPublic:
     """EventSource cannot send Authorization: trade the bearer token for a URL ticket (first
     use opens the stream and sets the cookie with which the same URL may reconnect)."""
     ticket, expires_at = await events.issue_ticket(user=user)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from autopilot_api.api.deps import (
     IdempotencyKeyHeader,
     ReadOwnerDep,
     SearchSessionServiceDep,
     WriteOwnerDep,
+    client_ip,
     mark_replayed,
 )
 from autopilot_api.api.json_body import JSONBodyRoute
@@ -43,11 +44,15 @@ SearchSessionId = Annotated[str, Path(max_length=64, description="search_<unix s
     openapi_extra=ANY_CALLER,
 )
 async def create_search_session(
-    body: SearchSessionCreate, owner: WriteOwnerDep, searches: SearchSessionServiceDep
+    body: SearchSessionCreate,
+    request: Request,
+    owner: WriteOwnerDep,
+    searches: SearchSessionServiceDep,
 ) -> SearchSessionCreated:
-    """Splits the companies into batches and returns the first one."""
+    """Splits the companies into batches and returns the first one (caps: README "Operations")."""
     created = await searches.create(
         owner=owner,
+        client_ip=client_ip(request, searches.settings),
         search_query=body.search_query,
         companies=body.companies,
         batch_size=body.batch_size,
@@ -76,7 +81,7 @@ async def list_search_sessions(
     "",
     summary="Clear all of the caller's search sessions",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 403, 503),
+    responses=error_responses(401, 403, 429, 503),
     openapi_extra=ANY_CALLER,
 )
 async def clear_all_search_sessions(
@@ -90,7 +95,7 @@ async def clear_all_search_sessions(
     "/{session_id}/next-batch",
     summary="Hand out the next batch",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 403, 404, 409, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 422, 429, 503),
     openapi_extra=ANY_CALLER,
 )
 async def next_batch(
@@ -112,7 +117,7 @@ async def next_batch(
     "/{session_id}/discovered",
     summary="Record discovered ids (deduplicated, order of first discovery)",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503),
     openapi_extra=ANY_CALLER,
 )
 async def add_discovered(
@@ -132,7 +137,7 @@ async def add_discovered(
     "/{session_id}/fetched",
     summary="Mark ids as fetched in full",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 413, 422, 429, 503),
     openapi_extra=ANY_CALLER,
 )
 async def mark_fetched(
@@ -193,7 +198,7 @@ async def stats(
     "/{session_id}",
     summary="Clear a search session",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 429, 503),
     openapi_extra=ANY_CALLER,
 )
 async def clear_search_session(

@@ -154,7 +154,10 @@ async def update_my_session(
     "/me/complete",
     summary="Complete the caller's session (from the greenlight phase)",
     status_code=status.HTTP_200_OK,
-    responses={200: {"headers": header_docs("ETag")}, **error_responses(401, 403, 404, 409, 503)},
+    responses={
+        200: {"headers": header_docs("ETag")},
+        **error_responses(401, 403, 404, 409, 429, 503),
+    },
     openapi_extra=security(SESSION_COOKIE, NO_CREDENTIAL),
 )
 async def complete_my_session(
@@ -178,7 +181,7 @@ async def complete_my_session(
             "description": "Deleted; the cookie is cleared",
             "headers": header_docs("Set-Cookie"),
         },
-        **error_responses(401, 403, 404, 503),
+        **error_responses(401, 403, 404, 429, 503),
     },
     openapi_extra=security(SESSION_COOKIE, NO_CREDENTIAL),
 )
@@ -197,7 +200,7 @@ async def delete_my_session(
     "/claim",
     summary="Claim the anonymous session into the signed-in user's discovery profile",
     status_code=status.HTTP_200_OK,
-    responses=error_responses(401, 403, 404, 409, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 422, 429, 503),
     openapi_extra=security(BEARER_AND_COOKIE),
 )
 async def claim_session(
