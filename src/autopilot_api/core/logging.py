@@ -218,19 +218,34 @@ ACCESS_LOGGER = "autopilot_api.access"
 _access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
-def log_access(method: str, path: str, status: int, seconds: float, sample_rate: float) -> None:
-    """The one access line of a request: every error (status >= 400), and that share of the
+def log_access(
+    method: str,
+    path: str,
+    status: int,
+    seconds: float,
+    sample_rate: float,
+    *,
+    error: str | None = None,
+    stream_error: bool = False,
+) -> None:
+    """The one access line of a request: every error (status >= 400, with the envelope's
+    `error` code; a stream that ended with `event: error`, at WARNING), and that share of the
     others (ACCESS_LOG_SAMPLE_RATE). Made directly, without the stack walk and `extra=`
     checks of `Logger.info`: it is written for every request."""
-    if status < 400 and sample_rate < 1.0 and random.random() >= sample_rate:  # noqa: S311
+    if status < 400 and error is None and sample_rate < 1.0 and random.random() >= sample_rate:  # noqa: S311
         return
-    if not _access_logger.isEnabledFor(logging.INFO):
+    level = logging.WARNING if stream_error else logging.INFO
+    if not _access_logger.isEnabledFor(level):
         return
-    record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "request", None, None)
-    record._fields = {  # the extras, in the order they are written
+    message = "stream ended with an error event" if stream_error else "request"
+    record = logging.LogRecord(ACCESS_LOGGER, level, __file__, 0, message, None, None)
+    fields: dict[str, Any] = {  # the extras, in the order they are written
         "method": method,
         "path": path,
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
     }
+    if error is not None:
+        fields["error"] = error
+    record._fields = fields
     _access_logger.handle(record)
