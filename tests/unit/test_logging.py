@@ -210,6 +210,10 @@ class TestQuietStart:
     def _lines(self, monkeypatch: pytest.MonkeyPatch, level: str) -> list[str]:
         stream = io.StringIO()
         monkeypatch.setattr(sys, "stderr", stream)
+        for name in ("pgserver", "alembic.runtime.migration", "uvicorn.error"):
+            # As a fresh process has them (other tests' servers may have set them).
+            monkeypatch.setattr(logging.getLogger(name), "disabled", False)
+            monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
         configure_logging(level, "console")
         try:
             with warnings.catch_warnings():
