@@ -153,6 +153,10 @@ _UVICORN_STEPS = (
 
 def _is_chatter(record: logging.LogRecord) -> bool:
     name = record.name
+    if name.startswith("pgserver"):
+        # Its failures too: they dump whole command outputs and logs, and the data plane
+        # reports the failure itself in one line naming the log file.
+        return True
     if record.levelno == logging.INFO:
         if name.startswith(_CHATTY_LOGGERS):
             return True
@@ -174,7 +178,8 @@ class QuietFilter(logging.Filter):
         if _is_chatter(record):
             if self.threshold > logging.DEBUG:
                 return False
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            if record.levelno == logging.INFO:
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return True
         if record.name == "uvicorn.error" and record.levelno >= logging.ERROR:
             from autopilot_api.core.infrastructure import start_refusal

@@ -375,14 +375,19 @@ class PostgrestProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise DataPlaneStartError(f"PostgREST exited at start:\n{tail}")
+                lines = self.log_path.read_text(errors="replace").strip().splitlines()
+                last = first_line(lines[-1], 200) if lines else "no output"
+                raise DataPlaneStartError(
+                    f"PostgREST exited at start ({last}): see {self.log_path}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1).is_success:
                     return
             time.sleep(0.05)
         self._terminate()
-        raise DataPlaneStartError(f"PostgREST was not ready within {timeout:.0f} s")
+        raise DataPlaneStartError(
+            f"PostgREST was not ready within {timeout:.0f} s: see {self.log_path}"
+        )
 
     def stop(self) -> None:
         with self.lock:
