@@ -127,7 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
     from uvicorn.supervisors import ChangeReload, Multiprocess
 
     from autopilot_api.core.http_limits import ServedHttpToolsProtocol
-    from autopilot_api.core.infrastructure import start_refusal
+    from autopilot_api.core.infrastructure import refuse_start, start_refusal
     from autopilot_api.core.logging import configure_logging
     from autopilot_api.core.metrics_export import MetricsExport
 
@@ -167,7 +167,11 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         if config.workers > 1 or reload:
             # Workers, or the process --reload restarts: one data plane, kept across them.
-            stop_plane = _share_local_data_plane(settings)
+            try:
+                stop_plane = _share_local_data_plane(settings)
+            except InfrastructureError as exc:
+                refuse_start(exc)  # logged: one line in the log format, as from a worker
+                return exit_code(exc)
             # As uvicorn.run does for workers: the supervisor hands the one socket to each.
             logging.getLogger("uvicorn.error").info(
                 "Uvicorn running on http://%s:%d (Press CTRL+C to quit)",
@@ -207,6 +211,9 @@ def _share_local_data_plane(settings: Settings) -> Callable[[], None]:
     otherwise start its own Postgres and PostgREST on the one data directory). Returns its
     stop."""
     if not settings.uses_local_data_plane:
+        # Each worker checks the key at its start; a refused one is said here once, in one
+        # line, rather than by every worker uvicorn would start again.
+        asyncio.run(_check_hosted_key(settings))
         return lambda: None
     from autopilot_api.core.supabase import open_data_plane
 
@@ -218,6 +225,23 @@ def _share_local_data_plane(settings: Settings) -> Callable[[], None]:
         SUPABASE_JWT_SECRET=plane.settings.supabase_jwt_secret or "",
     )
     return plane.stop
+
+
+async def _check_hosted_key(settings: Settings) -> None:
+    """Raises DataPlaneKeyRejectedError when the hosted data plane refuses the key."""
+    from autopilot_api.core.supabase import (
+        check_statement_timeout,
+        close_supabase_client,
+        create_supabase_client,
+        endpoint_from_settings,
+    )
+
+    endpoint = endpoint_from_settings(settings)
+    client = create_supabase_client(endpoint, settings)
+    try:
+        await check_statement_timeout(client, settings, rest_url=endpoint.rest_url)
+    finally:
+        await close_supabase_client(client)
 
 
 def _server(config: uvicorn.Config, *, banner: str | None) -> uvicorn.Server:

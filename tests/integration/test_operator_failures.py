@@ -118,17 +118,19 @@ def _wrong_key(secret: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("kind", "code"),
+    ("kind", "code", "workers"),
     [
         # A legacy key signed with another project's secret: PostgREST cannot verify it.
-        ("another project's service_role key", "PGRST301"),
+        ("another project's service_role key", "PGRST301", "1"),
         # A secret key travels in `apikey` alone; a bare PostgREST (no Supabase gateway to
         # turn it into a JWT) runs the call as anon, which may execute nothing.
-        ("a secret key without Supabase's gateway", "42501"),
+        ("a secret key without Supabase's gateway", "42501", "1"),
+        # Several workers: said once, before any worker starts.
+        ("another project's service_role key", "PGRST301", "2"),
     ],
 )
 def test_serve_refuses_to_start_with_a_key_the_data_plane_rejects(
-    tmp_path: Path, data_plane: LocalDataPlane, kind: str, code: str
+    tmp_path: Path, data_plane: LocalDataPlane, kind: str, code: str, workers: str
 ) -> None:
     rest_url = plane_info(data_plane).rest_url
     key = _wrong_key("x" * 40) if code == "PGRST301" else "sb_secret_" + "k" * 32
@@ -141,6 +143,8 @@ def test_serve_refuses_to_start_with_a_key_the_data_plane_rejects(
         SUPABASE_REST_URL=rest_url,
         SUPABASE_SECRET_KEY=key,
         SESSION_CLEANUP_INTERVAL_SECONDS="0",
+        WORKERS=workers,
+        REDIS_URL="redis://127.0.0.1:1",
     )
     line = one_line(result, EXIT_KEY_REJECTED)
     assert key not in result.stderr
