@@ -138,7 +138,8 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 # What start-up and shutdown say that an operator need not read: shown at DEBUG (LOG_LEVEL=
 # DEBUG), not at INFO. Postgres's initdb and pg_ctl output (pgserver), Alembic's plugin and
-# revision lines, and uvicorn's process steps; "Uvicorn running on …" stays.
+# revision lines, and uvicorn's process steps; "Uvicorn running on …" and "Application
+# shutdown complete" (a graceful stop's proof) stay.
 _CHATTY_LOGGERS = ("pgserver", "alembic")
 _UVICORN_STEPS = (
     "Started server process",
@@ -146,7 +147,6 @@ _UVICORN_STEPS = (
     "Application startup complete",
     "Shutting down",
     "Waiting for application shutdown",
-    "Application shutdown complete",
     "Finished server process",
 )
 

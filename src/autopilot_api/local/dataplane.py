@@ -554,6 +554,9 @@ class LocalDataPlane:
         self.postgrest: PostgrestProcess | None = None
         self.supervisor: DataPlaneSupervisor | None = None
         self._pgserver: object | None = None
+        # pgserver's lock is between processes (fasteners), not between this process's
+        # threads: the supervisor and a caller restarting Postgres take turns here first.
+        self._restarting_postgres = threading.Lock()
         self.info: LocalDataPlaneInfo | None = None
 
     def _start_postgres(self) -> str:
@@ -697,6 +700,10 @@ class LocalDataPlane:
 
     def ensure_postgres_running(self, timeout: float = 30.0) -> None:
         """Start the pgserver cluster again after a crash (crash recovery runs at start)."""
+        with self._restarting_postgres:
+            self._ensure_postgres_running(timeout)
+
+    def _ensure_postgres_running(self, timeout: float) -> None:
         server: Any = self._pgserver
         if server is None:
             return
