@@ -14,7 +14,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from autopilot_api.api.error_handlers import install_error_handlers
@@ -35,12 +35,7 @@ from autopilot_api.core.metrics import mark_worker_exited
 from autopilot_api.core.openai import create_openai_client
 from autopilot_api.core.security import TokenVerifier
 from autopilot_api.core.state import AppState
-from autopilot_api.core.supabase import (
-    check_statement_timeout,
-    close_supabase_client,
-    create_supabase_client,
-    open_data_plane,
-)
+from autopilot_api.core.supabase import close_supabase_client, start_data_plane
 from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
 from autopilot_api.services.event_bus import create_event_bus
 from autopilot_api.services.maintenance import start_session_cleanup, stop_background_task
@@ -57,10 +52,8 @@ DOCS_ASSETS_URL = "/static/docs"
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
-    plane = await asyncio.to_thread(open_data_plane, app.state.settings)
-    settings, endpoint = plane.settings, plane.endpoint
-    supabase = create_supabase_client(endpoint, settings)
-    await check_statement_timeout(supabase, settings)
+    plane, supabase = await start_data_plane(app.state.settings)
+    settings = plane.settings
     openai = create_openai_client(settings)
     http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
     state = AppState(
@@ -70,7 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
         http=http,
         token_verifier=TokenVerifier(
             jwt_secrets=settings.jwt_secrets,
-            jwks_url=settings.supabase_jwks_url,
+            jwks_url=settings.jwks_url,
             issuer=settings.jwt_issuer,
             http_client=http,
         ),
@@ -117,6 +110,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
 def _install_docs(app: FastAPI) -> None:
     """Swagger UI from a Python package's assets: /docs works with no internet."""
     app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        # A person who opens the server's address finds the API's documentation.
+        return RedirectResponse("/docs", status_code=307)
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:

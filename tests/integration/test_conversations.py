@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -502,18 +503,36 @@ class TestOnlineAgent:
         assert messages[-1]["status"] == "error"
 
     async def test_model_outage_while_streaming_is_an_error_event(
-        self, online: httpx.AsyncClient, model: FakeOpenAIServer
+        self, online: httpx.AsyncClient, model: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
     ) -> None:
         model.default = Reply(status=500)
         conversation_id = await new_conversation(online)
-        response = await online.post(
-            f"/api/v1/conversations/{conversation_id}/messages",
-            json={"content": "hi"},
-            headers={"Accept": "text/event-stream"},
-        )
+        path = f"/api/v1/conversations/{conversation_id}/messages"
+        with caplog.at_level(logging.INFO, logger="autopilot_api.access"):
+            response = await online.post(
+                path, json={"content": "hi"}, headers={"Accept": "text/event-stream"}
+            )
         kind, data = parse_sse(response.text)[-1]
         assert kind == "error"
         assert data["error"]["code"] == "model_unavailable"
+        # The access line says the stream ended with an error, not a plain 200.
+        (line,) = [r for r in caplog.records if getattr(r, "_fields", {}).get("path") == path]
+        assert line.levelno == logging.WARNING
+        assert line.getMessage() == "stream ended with an error event"
+        assert line._fields["status"] == 200
+        assert line._fields["error"] == "model_unavailable"
+
+    async def test_the_access_line_of_an_error_carries_its_code(
+        self, online: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        path = f"/api/v1/conversations/{uuid.uuid4()}"
+        with caplog.at_level(logging.INFO, logger="autopilot_api.access"):
+            response = await online.get(path)
+        assert response.status_code == 404
+        (line,) = [r for r in caplog.records if getattr(r, "_fields", {}).get("path") == path]
+        assert line.levelno == logging.INFO
+        assert line._fields["status"] == 404
+        assert line._fields["error"] == response.json()["error"]["code"]
 
 
 @ASYNC

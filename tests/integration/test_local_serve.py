@@ -3,6 +3,7 @@ readable log lines, and a banner once the API listens."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -201,3 +202,101 @@ def test_local_mode_with_several_workers_runs_one_data_plane(
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+class _Output:
+    """Every line a process writes (stdout and stderr together), read by a thread of its own."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self.process = process
+        self.lines: list[str] = []
+        self._stream = process.stdout
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        for line in self._stream:
+            self.lines.append(line.rstrip("\n"))
+
+    def until(self, marker: str, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for index, line in enumerate(list(self.lines)):
+                if marker in line:
+                    return self.lines[: index + 1]
+            if self.process.poll() is not None and not self._thread.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {marker!r} in the output:\n" + "\n".join(self.lines))
+
+    def after_ctrl_c(self) -> list[str]:
+        """SIGINT to the process group, as a terminal's Ctrl-C; the lines printed after it."""
+        seen = len(self.lines)
+        os.killpg(self.process.pid, signal.SIGINT)
+        self.process.wait(timeout=30)
+        self._thread.join(timeout=10)
+        return self.lines[seen:]
+
+
+def _serve_in_own_session(tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+    """`make run`'s command in a session of its own, as a terminal's foreground job."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "autopilot-api"), "serve"],
+        cwd=tmp_path,
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": str(tmp_path),
+            "LOCAL_MODE": "true",
+            "SESSION_COOKIE_SECURE": "false",
+            "PORT": str(free_port()),
+            "LOCAL_DATA_DIR": str(tmp_path / "local"),
+            **env,
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_a_start_says_little_before_the_banner_and_ctrl_c_no_alarm(tmp_path: Path) -> None:
+    counts = {}
+    for start in ("cold", "warm"):
+        process = _serve_in_own_session(tmp_path)
+        try:
+            output = _Output(process)
+            lines = output.until("Try it:", timeout=120)
+            before = lines[: next(i for i, line in enumerate(lines) if "is ready" in line)]
+            counts[start] = len([line for line in before if line.strip()])
+            after = output.after_ctrl_c()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        print(f"{start} start: {counts[start]} lines before the banner: {before}")  # noqa: T201
+        # A clean stop says nothing alarming (nor anything at all at INFO).
+        alarms = [line for line in after if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]
+        assert alarms == [], after
+        assert not any("Traceback" in line for line in after)
+        assert process.returncode == 0, after
+    # A cold start creates the cluster and says so; a warm one only says where things are.
+    assert counts["cold"] <= 10
+    assert counts["warm"] <= 3
+    assert counts["warm"] <= counts["cold"]
+
+
+def test_json_mode_writes_only_json_lines(tmp_path: Path) -> None:
+    process = _serve_in_own_session(tmp_path, LOG_FORMAT="json")
+    try:
+        output = _Output(process)
+        output.until("Uvicorn running on", timeout=120)
+        output.after_ctrl_c()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    entries = [json.loads(line) for line in output.lines]  # every line is one JSON object
+    assert entries
+    assert not any("color_message" in entry for entry in entries)
+    assert not any("\x1b" in line for line in output.lines)

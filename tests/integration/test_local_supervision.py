@@ -100,6 +100,14 @@ def _postmaster(data_dir: Path) -> int:
     return int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
 
 
+def _current_postmaster(data_dir: Path) -> int | None:
+    """The postmaster's pid, or None while there is none (between a crash and the restart)."""
+    try:
+        return _postmaster(data_dir)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -212,19 +220,39 @@ def test_an_orphaned_postgres_is_adopted_and_stopped_a_live_owners_is_left_alone
     assert _wait_for(lambda: _postgres_of(data_dir) == [], timeout=10)
 
 
-def test_healthz_says_when_the_postgres_it_started_is_gone(
+def test_a_killed_postgres_is_restarted_and_healthz_says_when_it_cannot_be(
     tmp_path: Path, serves: list[LocalServe]
 ) -> None:
     data_dir = tmp_path / "local"
-    serve = _start_local(tmp_path, data_dir)
+    serve = _start_local(tmp_path, data_dir, POSTGREST_MAX_RESTARTS="2")
     serves.append(serve)
     try:
         assert _status(serve, "/healthz") == 200
+        first = _postmaster(data_dir)
+        os.kill(first, signal.SIGKILL)
+        started = time.monotonic()
+        # Crash recovery runs at the restart; PostgREST reconnects by itself.
+        assert _wait_for(
+            lambda: (
+                _current_postmaster(data_dir) not in (None, first)
+                and _status(serve, "/readyz") == 200
+            ),
+            timeout=60,
+        ), serve.log()[-3000:]
+        print(f"Postgres back in {time.monotonic() - started:.1f} s")  # noqa: T201
+        assert _status(serve, "/healthz") == 200
+        assert "Postgres exited unexpectedly" in serve.log()
+        assert "restarting Postgres" in serve.log()
+
+        # Now it cannot come back (its data folder is from another major version, say):
+        # /healthz reports the data plane down for good.
+        (data_dir / "pgdata" / "PG_VERSION").write_text("9\n")
         os.kill(_postmaster(data_dir), signal.SIGKILL)
-        assert _wait_for(lambda: _status(serve, "/healthz") == 503, timeout=10)
+        assert _wait_for(lambda: _status(serve, "/healthz") == 503, timeout=60), serve.log()[-3000:]
         error = httpx.get(serve.base_url + "/healthz", timeout=2).json()["error"]
         assert error["code"] == "data_plane_down"
-        assert "Postgres is not running" in error["message"]
+        assert error["category"] == "admin_required"
+        assert "Postgres exited and could not be restarted (2 attempts)" in error["message"]
     finally:
         serve.terminate()
     assert serve.process.returncode in (0, -signal.SIGTERM)

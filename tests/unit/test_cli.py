@@ -15,6 +15,14 @@ from pathlib import Path
 import pytest
 from jose import jwt
 
+from autopilot_api.cli import (
+    COMMAND_SETTINGS,
+    EXIT_BUG,
+    EXIT_CODES,
+    EXIT_OK,
+    EXIT_STARTUP,
+    EXIT_USAGE,
+)
 from autopilot_api.core.config import PROJECT_ROOT
 
 
@@ -55,10 +63,33 @@ def test_help_lists_every_command_with_what_it_does(entry_point: str) -> None:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_command_has_help(command: str) -> None:
+def test_every_command_has_help_listing_the_settings_it_reads(command: str) -> None:
     result = run_cli(command, "--help")
     assert result.returncode == 0
     assert "usage:" in result.stdout
+    assert f"settings `{command}` reads (environment or .env), with their defaults:" in (
+        result.stdout
+    )
+    for name in COMMAND_SETTINGS[command]:
+        assert re.search(rf"^  {name.upper()} +\S", result.stdout, re.MULTILINE), name
+    assert "exit codes:" in result.stdout
+
+
+def test_help_shows_defaults_and_what_a_setting_does() -> None:
+    result = run_cli("cleanup", "--help")
+    assert re.search(r"^  SESSION_CLEANUP_BATCH_SIZE +500 +Sessions deleted", result.stdout, re.M)
+    assert re.search(
+        r"^  SUPABASE_SECRET_KEY +\(unset\) +That project's secret key", result.stdout, re.M
+    )
+    assert re.search(r"^  TOOLS_DIR +\.tools ", result.stdout, re.M)
+
+
+def test_every_exit_code_is_distinct_and_in_the_readme() -> None:
+    codes = [EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_STARTUP, *EXIT_CODES.values()]
+    assert len(set(codes)) == len(codes) - 1  # settings and arguments share 2
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    for code in set(codes):
+        assert re.search(rf"^\| {code} \| ", readme, re.MULTILINE), code
 
 
 def test_token_is_refused_against_a_hosted_project() -> None:

@@ -55,6 +55,7 @@ def restore_logging() -> Iterator[None]:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+        logging.captureWarnings(False)
 
 
 class TestSetting:
@@ -83,6 +84,12 @@ class TestJson:
             '"logger": "autopilot_api.access", "message": "request", "request_id": "req-42", '
             '"method": "GET", "path": "/healthz", "status": 200, "duration_ms": 1.5}'
         )
+
+    def test_uvicorns_coloured_copy_of_the_message_is_left_out(self) -> None:
+        record = _record("Started server process [%d]", color_message="\x1b[36m%d\x1b[0m")
+        entry = json.loads(JsonFormatter().format(record))
+        assert "color_message" not in entry
+        assert "\x1b" not in json.dumps(entry)
 
     def test_a_multi_line_message_stays_one_line(self) -> None:
         line = JsonFormatter().format(_record("initdb said:\nok\ndone"))
@@ -175,21 +182,69 @@ class TestConsole:
             "autopilot_api.main",
         )
 
-    def test_python_warnings_become_console_events(
-        self, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize("log_format", ["console", "json"])
+    def test_python_warnings_become_log_events(
+        self, restore_logging: None, monkeypatch: pytest.MonkeyPatch, log_format: str
     ) -> None:
         stream = io.StringIO()
         monkeypatch.setattr(sys, "stderr", stream)
-        configure_logging("INFO", "console")
+        configure_logging("INFO", log_format)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                warnings.warn("the old way is deprecated", RuntimeWarning, stacklevel=1)
+        finally:
+            logging.captureWarnings(False)
+        first, *rest = stream.getvalue().splitlines()
+        if log_format == "json":
+            assert rest == []
+            assert json.loads(first)["logger"] == "py.warnings"
+            return
+        assert re.match(r"\d{2}:\d{2}:\d{2}\.\d{3} WARNING py\.warnings \S+: RuntimeWarning", first)
+        assert all(line.startswith("    ") for line in rest)
+
+
+class TestQuietStart:
+    """What start-up says that an operator need not read is DEBUG; the rest stays."""
+
+    def _lines(self, monkeypatch: pytest.MonkeyPatch, level: str) -> list[str]:
+        stream = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", stream)
+        for name in ("pgserver", "alembic.runtime.migration", "uvicorn.error"):
+            # As a fresh process has them (other tests' servers may have set them).
+            monkeypatch.setattr(logging.getLogger(name), "disabled", False)
+            monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET)
+        configure_logging(level, "console")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("always")
                 warnings.warn("XDG_RUNTIME_DIR is not set", RuntimeWarning, stacklevel=1)
         finally:
             logging.captureWarnings(False)
-        first, *rest = stream.getvalue().splitlines()
-        assert re.match(r"\d{2}:\d{2}:\d{2}\.\d{3} WARNING py\.warnings \S+: RuntimeWarning", first)
-        assert all(line.startswith("    ") for line in rest)
+        logging.getLogger("pgserver").info("Running commandline: initdb")
+        logging.getLogger("alembic.runtime.migration").info("Running upgrade 0001 -> 0002")
+        logging.getLogger("uvicorn.error").info("Started server process [%d]", 42)
+        logging.getLogger("uvicorn.error").info("Uvicorn running on http://127.0.0.1:8000")
+        logging.getLogger("pgserver").error("Failed to start server")
+        return stream.getvalue().splitlines()
+
+    def test_chatter_is_dropped_at_info(
+        self, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        lines = self._lines(monkeypatch, "INFO")
+        # pgserver's failures too: the data plane says in one line what failed, and where
+        # Postgres's log is.
+        assert len(lines) == 1, lines
+        assert "Uvicorn running on" in lines[0]
+
+    def test_chatter_shows_at_debug(
+        self, restore_logging: None, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        lines = [line for line in self._lines(monkeypatch, "DEBUG") if line[:1] != " "]
+        debug = [line for line in lines if " DEBUG   " in line]
+        assert len(debug) == 3, lines
+        assert any("XDG_RUNTIME_DIR" in line for line in lines)
+        assert any("ERROR   pgserver Failed to start server" in line for line in lines)
 
 
 class TestAccessLine:

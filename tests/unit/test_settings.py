@@ -135,6 +135,39 @@ class TestAccessTokenSettings:
         assert _settings().jwt_secrets == []
 
 
+class TestProjectKeys:
+    """A project created today: a secret key, asymmetric signing keys, no JWT secret."""
+
+    def test_the_secret_key_is_read_from_either_name(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("SUPABASE_URL", HOSTED["supabase_url"])
+        monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "eyJ.legacy.key")
+        assert _settings().supabase_secret_key == "eyJ.legacy.key"
+        monkeypatch.setenv("SUPABASE_SECRET_KEY", "sb_secret_abc")
+        # The new name wins when both are set.
+        assert _settings().supabase_secret_key == "sb_secret_abc"
+        monkeypatch.delenv("SUPABASE_SERVICE_ROLE_KEY")
+        assert _settings().supabase_secret_key == "sb_secret_abc"
+
+    def test_a_missing_key_names_the_new_setting(self) -> None:
+        with pytest.raises(SettingsError, match="SUPABASE_URL is set but SUPABASE_SECRET_KEY"):
+            _settings(supabase_url=HOSTED["supabase_url"])
+
+    def test_the_jwks_is_found_from_the_project_url(self) -> None:
+        settings = _settings(**HOSTED)
+        assert settings.jwks_url == (
+            "https://abcdefghijklmnopqrst.supabase.co/auth/v1/.well-known/jwks.json"
+        )
+        assert settings.supabase_jwt_secret is None
+        assert settings.jwt_secrets == []
+
+    def test_an_explicit_jwks_url_wins(self) -> None:
+        settings = _settings(**HOSTED, supabase_jwks_url="https://auth.example.com/jwks/")
+        assert settings.jwks_url == "https://auth.example.com/jwks"
+
+    def test_local_mode_has_no_jwks(self) -> None:
+        assert _settings(local_mode=True).jwks_url is None
+
+
 class TestEnvExample:
     def test_every_setting_is_documented_in_env_example(self) -> None:
         text = (PROJECT_ROOT / ".env.example").read_text()

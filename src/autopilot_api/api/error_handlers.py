@@ -21,7 +21,7 @@ from autopilot_api.core.errors import (
     field_error,
 )
 from autopilot_api.core.request_context import clear_cookie_var, request_id_var
-from autopilot_api.core.supabase import data_plane_error, is_transient
+from autopilot_api.core.supabase import translate_data_plane_error
 
 logger = logging.getLogger("autopilot_api.errors")
 
@@ -136,9 +136,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def unhandled_error_response(exc: Exception) -> JSONResponse:
-    """503 for a data-plane outage, else a logged 500 that names the request id."""
-    if is_transient(exc):
-        return render(data_plane_error(exc))
+    """503 for a data-plane outage (or a refused key), else a logged 500 that names the
+    request id."""
+    translated = translate_data_plane_error(exc)
+    if isinstance(translated, AppError):
+        if translated.category == "admin_required":  # outages log their own line
+            logger.warning("%s: %s", translated.code, translated.message)
+        return render(translated)
     logger.error(
         "unhandled %s (request_id=%s)", type(exc).__name__, request_id_var.get(), exc_info=exc
     )

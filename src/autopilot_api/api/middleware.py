@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -16,6 +17,28 @@ from autopilot_api.core.metrics import REQUEST_SECONDS, REQUESTS
 from autopilot_api.core.request_context import clear_cookie_var, request_id_var
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._\-]{1,128}$")
+# An error envelope is small: its code is read from the first this many bytes of the body.
+_ENVELOPE_PREFIX_BYTES = 4096
+_SSE_ERROR = re.compile(rb"event: ?error\r?\n(?:[^\r\n]*\r?\n)*?data: ?([^\r\n]*)")
+
+
+def _envelope_code(body: bytes) -> str | None:
+    """The `error.code` of a JSON error envelope, if the body is one."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _stream_error_code(chunk: bytes) -> str | None:
+    """The code of an `event: error` in an SSE chunk ('error' when it names none), else
+    None."""
+    match = _SSE_ERROR.search(chunk)
+    if match is None:
+        return None
+    return _envelope_code(match.group(1)) or "error"
 
 
 def _route_template(scope: Scope) -> str:
@@ -73,13 +96,40 @@ class RequestIdMiddleware:
         response_started = False
         status = 500
         started = time.perf_counter()
+        # What the access line says went wrong: an error envelope's code, or the code of an
+        # `event: error` that ended an event stream.
+        error_code: str | None = None
+        stream_error = False
+        watch: str | None = None  # "envelope" (a 4xx/5xx body), "stream" (an SSE body)
+        envelope = b""
 
         async def send_with_id(message: Message) -> None:
-            nonlocal response_started, status
+            nonlocal response_started, status, error_code, stream_error, watch, envelope
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), header]
+                headers = message.get("headers", [])
+                message["headers"] = [*headers, header]
+                if status >= 400:
+                    watch = "envelope"
+                else:
+                    for name, value in headers:
+                        if name.lower() == b"content-type":
+                            if value.startswith(b"text/event-stream"):
+                                watch = "stream"
+                            break
+            elif watch is not None and message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if watch == "envelope":
+                    envelope += body[: _ENVELOPE_PREFIX_BYTES - len(envelope)]
+                    if not message.get("more_body", False) or (
+                        len(envelope) >= _ENVELOPE_PREFIX_BYTES
+                    ):
+                        error_code, watch = _envelope_code(envelope), None
+                elif b"error" in body:
+                    code = _stream_error_code(body)
+                    if code is not None:
+                        error_code, stream_error = code, True
             await send(message)
 
         try:
@@ -92,7 +142,15 @@ class RequestIdMiddleware:
             elapsed = time.perf_counter() - started
             template = _route_template(scope)
             _count_request(scope["method"], template, status, elapsed)
-            log_access(scope["method"], scope["path"], status, elapsed, self.access_log_sample_rate)
+            log_access(
+                scope["method"],
+                scope["path"],
+                status,
+                elapsed,
+                self.access_log_sample_rate,
+                error=error_code,
+                stream_error=stream_error,
+            )
             request_id_var.reset(token)
             clear_cookie_var.reset(cookie_token)
 

@@ -10,7 +10,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -44,7 +51,11 @@ class Settings(BaseSettings):
 
     # --- data plane -------------------------------------------------------------------
     supabase_url: str | None = None
-    supabase_service_role_key: str | None = None
+    # The project's secret key (sb_secret_…), or its legacy service_role JWT under the old name.
+    supabase_secret_key: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("supabase_secret_key", "supabase_service_role_key"),
+    )
     supabase_rest_url: str | None = None
     supabase_jwt_secret: str | None = None
     supabase_jwt_secrets: CommaList = Field(default_factory=list)
@@ -56,6 +67,7 @@ class Settings(BaseSettings):
     local_mode: bool = False
     local_data_dir: Path = PROJECT_ROOT / ".local"
     postgrest_bin: Path | None = None
+    tools_dir: Path = PROJECT_ROOT / ".tools"
     postgrest_max_restarts: int = Field(default=5, ge=0, le=100)
     data_plane_timeout_seconds: float = Field(default=10.0, gt=0)
     idempotency_key_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
@@ -216,8 +228,11 @@ class Settings(BaseSettings):
             )
         if self.events_cookie_name == self.session_cookie_name:
             raise ValueError("EVENTS_COOKIE_NAME must differ from SESSION_COOKIE_NAME")
-        if self.supabase_url and not self.supabase_service_role_key:
-            raise ValueError("SUPABASE_URL is set but SUPABASE_SERVICE_ROLE_KEY is not")
+        if self.supabase_url and not self.supabase_secret_key:
+            raise ValueError(
+                "SUPABASE_URL is set but SUPABASE_SECRET_KEY is not (the project's secret key, "
+                "sb_secret_…, or its legacy service_role key as SUPABASE_SERVICE_ROLE_KEY)"
+            )
         if self.metrics_port is not None and self.metrics_port == self.port:
             raise ValueError("METRICS_PORT must differ from PORT")
         if self.metrics_token is not None and len(self.metrics_token.get_secret_value()) < 16:
@@ -259,6 +274,17 @@ class Settings(BaseSettings):
         return None
 
     @property
+    def jwks_url(self) -> str | None:
+        """Where the project publishes the public keys of its asymmetric (ES256/RS256)
+        access tokens: SUPABASE_JWKS_URL, else `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`
+        for a hosted project (what Supabase Auth serves); none in local mode."""
+        if self.supabase_jwks_url:
+            return self.supabase_jwks_url
+        if self.supabase_url and not self.local_mode:
+            return f"{self.supabase_url}/auth/v1/.well-known/jwks.json"
+        return None
+
+    @property
     def resolved_log_format(self) -> Literal["json", "console"]:
         """auto: readable lines for a person running `make run`, JSON for log collectors."""
         if self.log_format == "auto":
@@ -273,7 +299,7 @@ class Settings(BaseSettings):
         if not self.supabase_url and not self.local_mode:
             raise SettingsError(
                 "SUPABASE_URL is not set and LOCAL_MODE is off: refusing to start. "
-                "Set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY for a hosted project, "
+                "Set SUPABASE_URL and SUPABASE_SECRET_KEY for a hosted project, "
                 "or run `make run` (LOCAL_MODE=true) for the local data plane."
             )
 

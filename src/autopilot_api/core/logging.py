@@ -54,14 +54,16 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": request_id_var.get(),
         }
-        entry.update(_extras(record))
+        entry.update(
+            (key, value) for key, value in _extras(record).items() if key not in _SKIPPED_EXTRAS
+        )
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return _ENCODER.encode(entry)
 
 
-# Extras that only repeat the message for uvicorn's own coloured console.
-_CONSOLE_SKIPPED = {"color_message"}
+# Extras that only repeat the message, with ANSI colours, for uvicorn's own console.
+_SKIPPED_EXTRAS = frozenset({"color_message"})
 _CONTINUATION = "    "
 _PLAIN_VALUE = re.compile(r"^[^\s\"'=]+$")
 _LEVEL_COLOURS = {
@@ -108,7 +110,7 @@ class ConsoleFormatter(logging.Formatter):
         if request_id != "-":
             pairs.append(("request_id", request_id))
         pairs += [
-            (key, value) for key, value in _extras(record).items() if key not in _CONSOLE_SKIPPED
+            (key, value) for key, value in _extras(record).items() if key not in _SKIPPED_EXTRAS
         ]
         fields = " ".join(
             f"{_DIM}{key}={_RESET}{_console_value(value)}"
@@ -134,9 +136,66 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return None
 
 
+# What start-up and shutdown say that an operator need not read: shown at DEBUG (LOG_LEVEL=
+# DEBUG), not at INFO. Postgres's initdb and pg_ctl output (pgserver), Alembic's plugin and
+# revision lines, and uvicorn's process steps; "Uvicorn running on …" and "Application
+# shutdown complete" (a graceful stop's proof) stay.
+_CHATTY_LOGGERS = ("pgserver", "alembic")
+_UVICORN_STEPS = (
+    "Started server process",
+    "Waiting for application startup",
+    "Application startup complete",
+    "Shutting down",
+    "Waiting for application shutdown",
+    "Finished server process",
+)
+
+
+def _is_chatter(record: logging.LogRecord) -> bool:
+    name = record.name
+    if name.startswith("pgserver"):
+        # Its failures too: they dump whole command outputs and logs, and the data plane
+        # reports the failure itself in one line naming the log file.
+        return True
+    if record.levelno == logging.INFO:
+        if name.startswith(_CHATTY_LOGGERS):
+            return True
+        return name == "uvicorn.error" and str(record.msg).startswith(_UVICORN_STEPS)
+    # pgserver's platformdirs, when HOME has no XDG_RUNTIME_DIR: harmless, said every start.
+    return name == "py.warnings" and "XDG_RUNTIME_DIR" in record.getMessage()
+
+
+class QuietFilter(logging.Filter):
+    """On the one handler: start-up chatter becomes DEBUG (dropped below it), and when
+    start-up was refused for a reason already logged in one line, uvicorn's traceback of the
+    lifespan and its "Application startup failed" are dropped."""
+
+    def __init__(self, threshold: int) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _is_chatter(record):
+            if self.threshold > logging.DEBUG:
+                return False
+            if record.levelno == logging.INFO:
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return True
+        if record.name == "uvicorn.error" and record.levelno >= logging.ERROR:
+            from autopilot_api.core.infrastructure import start_refusal
+
+            if start_refusal() is not None:
+                message = str(record.msg)
+                return not (
+                    message.startswith("Traceback") or message.startswith("Application startup")
+                )
+        return True
+
+
 def configure_logging(level: str, log_format: str = "json") -> None:
     handler = _StderrHandler()
     handler.setFormatter(ConsoleFormatter() if log_format == "console" else JsonFormatter())
+    handler.addFilter(QuietFilter(logging.getLevelName(level)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -145,9 +204,8 @@ def configure_logging(level: str, log_format: str = "json") -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    # Console: Python warnings (pgserver's platformdirs has one) as events like the others,
-    # not as bare lines between them. JSON output stays as it always was.
-    logging.captureWarnings(log_format == "console")
+    # Python warnings as events like the others (JSON in JSON mode), not as bare lines.
+    logging.captureWarnings(True)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
@@ -165,19 +223,34 @@ ACCESS_LOGGER = "autopilot_api.access"
 _access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
-def log_access(method: str, path: str, status: int, seconds: float, sample_rate: float) -> None:
-    """The one access line of a request: every error (status >= 400), and that share of the
+def log_access(
+    method: str,
+    path: str,
+    status: int,
+    seconds: float,
+    sample_rate: float,
+    *,
+    error: str | None = None,
+    stream_error: bool = False,
+) -> None:
+    """The one access line of a request: every error (status >= 400, with the envelope's
+    `error` code; a stream that ended with `event: error`, at WARNING), and that share of the
     others (ACCESS_LOG_SAMPLE_RATE). Made directly, without the stack walk and `extra=`
     checks of `Logger.info`: it is written for every request."""
-    if status < 400 and sample_rate < 1.0 and random.random() >= sample_rate:  # noqa: S311
+    if status < 400 and error is None and sample_rate < 1.0 and random.random() >= sample_rate:  # noqa: S311
         return
-    if not _access_logger.isEnabledFor(logging.INFO):
+    level = logging.WARNING if stream_error else logging.INFO
+    if not _access_logger.isEnabledFor(level):
         return
-    record = logging.LogRecord(ACCESS_LOGGER, logging.INFO, __file__, 0, "request", None, None)
-    record._fields = {  # the extras, in the order they are written
+    message = "stream ended with an error event" if stream_error else "request"
+    record = logging.LogRecord(ACCESS_LOGGER, level, __file__, 0, message, None, None)
+    fields: dict[str, Any] = {  # the extras, in the order they are written
         "method": method,
         "path": path,
         "status": status,
         "duration_ms": round(seconds * 1000, 2),
     }
+    if error is not None:
+        fields["error"] = error
+    record._fields = fields
     _access_logger.handle(record)

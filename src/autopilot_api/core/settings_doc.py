@@ -7,6 +7,7 @@ drift apart.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from autopilot_api.core.config import PROJECT_ROOT, Settings
 
@@ -27,12 +28,23 @@ def _comments() -> dict[str, str]:
 
 def _default(name: str) -> str:
     field = Settings.model_fields[name]
-    if name == "local_data_dir":
-        return "`.local`"
+    if name in ("local_data_dir", "tools_dir"):
+        return f"`{Path(str(Settings.model_fields[name].default)).name}`"
     default = field.get_default(call_default_factory=True)
     if default is None or default == []:
         return "—"
     return f"`{str(default).lower() if isinstance(default, bool) else default}`"
+
+
+def setting_default(name: str) -> str:
+    """A setting's default as the table shows it (`—` for none)."""
+    return _default(name)
+
+
+def setting_comment(env: str) -> str:
+    """A setting's one-line comment from `.env.example` ('' when it is not there)."""
+    path = PROJECT_ROOT / ".env.example"
+    return _comments().get(env, "") if path.is_file() else ""
 
 
 def settings_table() -> str:

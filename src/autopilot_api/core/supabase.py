@@ -17,6 +17,14 @@ from yarl import URL
 from autopilot_api.core.config import Settings
 from autopilot_api.core.dataplane_transport import DataPlaneTransport
 from autopilot_api.core.errors import AppError, DataPlaneUnavailableError, ValidationFailedError
+from autopilot_api.core.infrastructure import (
+    DataPlaneKeyRejectedError,
+    DataPlaneUnreachableError,
+    InfrastructureError,
+    first_line,
+    refuse_start,
+    where,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +45,9 @@ class DataPlaneEndpoint:
 
 def endpoint_from_settings(settings: Settings) -> DataPlaneEndpoint:
     assert settings.supabase_url
-    assert settings.supabase_service_role_key
+    assert settings.supabase_secret_key
     rest_url = settings.supabase_rest_url or f"{settings.supabase_url}/rest/v1"
-    return DataPlaneEndpoint(rest_url=rest_url, service_role_key=settings.supabase_service_role_key)
+    return DataPlaneEndpoint(rest_url=rest_url, service_role_key=settings.supabase_secret_key)
 
 
 @dataclass
@@ -68,6 +76,7 @@ def open_data_plane(settings: Settings) -> OpenDataPlane:
         database_url=settings.database_url,
         jwt_secret=settings.supabase_jwt_secret,
         postgrest_bin=settings.postgrest_bin,
+        tools_dir=settings.tools_dir,
         schema=settings.db_schema,
         postgrest_max_restarts=settings.postgrest_max_restarts,
     )
@@ -222,7 +231,19 @@ def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> A
     client = AsyncClient(base_url, endpoint.service_role_key, options)
     # supabase-py derives `<url>/rest/v1`; a bare PostgREST serves at its root.
     client.rest_url = URL(endpoint.rest_url)
+    if not is_jwt(endpoint.service_role_key):
+        # A secret key (sb_secret_…) is no JWT: it travels in `apikey` alone, and the
+        # project's API gateway hands PostgREST a service_role JWT in its place. supabase-py
+        # 2.x also sends any key as `Authorization: Bearer`, which PostgREST (behind the
+        # Supabase CLI's gateway, say) rejects with PGRST301. The REST client is built on
+        # first use from these headers, so dropping it here covers every call.
+        client.options.headers.pop("Authorization", None)
     return client
+
+
+def is_jwt(key: str) -> bool:
+    """A legacy API key (a JWT: three base64url parts), not a secret key (sb_secret_…)."""
+    return key.count(".") == 2 and not key.startswith("sb_")
 
 
 async def close_supabase_client(client: AsyncClient) -> None:
@@ -247,6 +268,47 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+# PostgREST's "the JWT (the key) was refused": cannot decode or verify it (PGRST301), no
+# JWT secret or JWKS to check it with (PGRST300), no credentials where anonymous access is
+# off (PGRST302), claims that do not validate (PGRST303). "401" is what postgrest-py reports
+# for a 401 without a PostgREST body (an API gateway's).
+_KEY_REJECTED_CODES = {"PGRST300", "PGRST301", "PGRST302", "PGRST303", "401"}
+
+
+class DataPlaneKeyError(AppError):
+    """The data plane refuses the service's own key: an operator must fix the key, so no
+    Retry-After."""
+
+    code = "data_plane_key_rejected"
+    status_code = 503
+    category = "admin_required"
+    default_message = (
+        "The database layer refused the service's key; an operator must check "
+        "SUPABASE_SECRET_KEY. See the server log."
+    )
+
+
+def is_key_rejection(exc: BaseException) -> bool:
+    """The data plane answered, and refused the key (PostgREST's JWT errors, or a gateway's
+    `Invalid API key`), as opposed to being unreachable."""
+    if not isinstance(exc, APIError):
+        return False
+    code = exc.code or ""
+    if code in _KEY_REJECTED_CODES:
+        return True
+    # Supabase's gateway answers a wrong key with 401 {"message": "Invalid API key", ...}.
+    return not code and "api key" in (exc.message or "").lower()
+
+
+def key_rejected_error(exc: APIError) -> DataPlaneKeyError:
+    """The error every request gets while the key is refused: logged once per request by the
+    error handler, as one line (no traceback), with PostgREST's code."""
+    return DataPlaneKeyError(
+        f"The database layer refused the service's key ({exc.code or 'no code'}); an "
+        "operator must check SUPABASE_SECRET_KEY."
+    )
+
+
 def data_plane_error(exc: BaseException) -> DataPlaneUnavailableError:
     logger.warning("data plane unavailable: %s", type(exc).__name__)
     return DataPlaneUnavailableError()
@@ -265,8 +327,11 @@ def translate_data_plane_error(exc: Exception) -> Exception:
     """What a failed PostgREST call means to the caller.
 
     Our SQL functions raise SQLSTATE PTxyz with the error code in the hint; those become
-    the matching AppError. Outages become 503. Anything else is a bug and stays as is.
+    the matching AppError. Outages become 503, and so does a refused key (an operator's
+    problem, not the caller's). Anything else is a bug and stays as is.
     """
+    if isinstance(exc, APIError) and is_key_rejection(exc):
+        return key_rejected_error(exc)
     if is_transient(exc):
         return data_plane_error(exc)
     if isinstance(exc, APIError) and exc.hint:
@@ -291,25 +356,69 @@ async def call_rpc(client: AsyncClient, function: str, params: dict[str, Any]) -
 STARTUP_CHECK_SECONDS = 3.0
 
 
-async def check_statement_timeout(client: AsyncClient, settings: Settings) -> int | None:
-    """Warn when a query the HTTP client gives up on (a 503) could run on, and commit.
+async def probe_data_plane(
+    client: AsyncClient, settings: Settings, *, rest_url: str | None = None
+) -> int:
+    """One call with the service's key (the statement_timeout PostgREST's queries run
+    under, in milliseconds; 0: none). Raises, as one line for an operator:
+    DataPlaneKeyRejectedError when the key is refused, DataPlaneUnreachableError when the
+    REST layer does not answer (or lacks the schema or its functions)."""
+    where_ = where(rest_url or settings.supabase_rest_url or settings.supabase_url or "")
+    try:
+        response = await asyncio.wait_for(
+            client.rpc("statement_timeout_ms", {}).execute(),
+            timeout=min(STARTUP_CHECK_SECONDS, settings.data_plane_timeout_seconds),
+        )
+        return int(response.data)  # type: ignore[arg-type]
+    except APIError as exc:
+        code = exc.code or "no code"
+        if is_key_rejection(exc) or exc.code == "42501":
+            # 42501: PostgREST ran the call as a role that may not execute it, i.e. the key
+            # is the project's publishable (anon) key, not its secret key.
+            raise DataPlaneKeyRejectedError(
+                f"the data plane at {where_} refused the service's key ({code}: "
+                f"{first_line(exc.message or '', 120)}): set SUPABASE_SECRET_KEY to the "
+                "project's secret key (sb_secret_…, Project Settings → API Keys) or its legacy "
+                "service_role key, never the publishable or anon key"
+            ) from None
+        if exc.code in {"PGRST106", "PGRST202", "42883", "3F000"}:
+            raise DataPlaneUnreachableError(
+                f"the data plane at {where_} lacks the `{settings.db_schema}` schema or its "
+                f"functions ({code}): apply the migrations (`supabase db push`, or "
+                f"`autopilot-api migrate`) and expose `{settings.db_schema}` in the project's "
+                "Data API settings"
+            ) from None
+        if not is_transient(exc):
+            raise
+        reason = f"{code}: {first_line(exc.message or '', 120)}"
+    except (httpx.HTTPError, TimeoutError) as exc:
+        reason = type(exc).__name__
+    raise DataPlaneUnreachableError(
+        f"the data plane at {where_} did not answer ({reason}): check SUPABASE_URL "
+        "(SUPABASE_REST_URL) and that the project is up"
+    ) from None
 
-    Reads the statement_timeout PostgREST's queries run under (set on service_role by the
-    migrations) and compares it with DATA_PLANE_TIMEOUT_SECONDS. Returns it in
-    milliseconds (0: none), or None when it could not be read; never fails start-up.
+
+async def check_statement_timeout(
+    client: AsyncClient, settings: Settings, *, rest_url: str | None = None
+) -> int | None:
+    """Start-up's check: the key (a refused one raises DataPlaneKeyRejectedError: every
+    request would fail), and a warning when a query the HTTP client gives up on (a 503)
+    could run on, and commit.
+
+    Returns the statement_timeout in milliseconds (0: none), or None when it could not be
+    read: a data plane that is down is reported by /readyz, and start-up goes on.
     """
     try:
-        timeout_ms = int(
-            await asyncio.wait_for(
-                call_rpc(client, "statement_timeout_ms", {}),
-                timeout=min(STARTUP_CHECK_SECONDS, settings.data_plane_timeout_seconds),
-            )
-        )
-    except Exception as exc:  # a start-up check: a data plane that is down is reported elsewhere
+        timeout_ms = await probe_data_plane(client, settings, rest_url=rest_url)
+    except DataPlaneUnreachableError as exc:
+        logger.warning("%s; /readyz answers 503 until it does", exc)
+        return None
+    except APIError as exc:
         logger.warning(
             "could not check the data plane's statement_timeout against "
             "DATA_PLANE_TIMEOUT_SECONDS (%s)",
-            type(exc).__name__,
+            exc.code,
         )
         return None
     client_seconds = settings.data_plane_timeout_seconds
@@ -324,3 +433,23 @@ async def check_statement_timeout(client: AsyncClient, settings: Settings) -> in
             role_timeout,
         )
     return timeout_ms
+
+
+async def start_data_plane(settings: Settings) -> tuple[OpenDataPlane, AsyncClient]:
+    """The lifespan's data plane: opened (local mode: started), its client built and its key
+    checked. A failure an operator must fix is logged as one line and recorded as the
+    reason start-up was refused (the CLI's exit code), then raised."""
+    try:
+        plane = await asyncio.to_thread(open_data_plane, settings)
+    except InfrastructureError as exc:
+        refuse_start(exc)
+        raise
+    client = create_supabase_client(plane.endpoint, plane.settings)
+    try:
+        await check_statement_timeout(client, plane.settings, rest_url=plane.endpoint.rest_url)
+    except InfrastructureError as exc:
+        await close_supabase_client(client)
+        await asyncio.to_thread(plane.stop)
+        refuse_start(exc)
+        raise
+    return plane, client

