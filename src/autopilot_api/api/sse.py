@@ -99,6 +99,7 @@ class DisconnectAwareEventSourceResponse(EventSourceResponse):
             stopped.cancel()
             left.cancel()
         if left in done:
+            left.result()  # an error while listening ends the response, as in Starlette
             self._disconnected = True
         else:
             self._cut_short = True

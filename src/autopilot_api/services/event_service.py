@@ -235,9 +235,6 @@ class EventService:
             credential_expires_at=str(grant["credentialExpiresAt"]),
         )
 
-    async def latest_event_id(self, subject: EventSubject) -> int:
-        return await SubjectEvents(self._supabase, subject).latest_id()
-
     async def history_floor(self) -> int:
         """Events with an id at or below this may have been deleted by retention."""
         return int(await call_rpc(self._supabase, "event_history_floor", {}) or 0)
