@@ -67,6 +67,7 @@ check-reliability: install
 	FUZZ_EXAMPLES=200 FUZZ_SEED= $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
 	EVENTS_SCALE=1 $(PY) -m pytest -q -s tests/integration/test_event_streams_at_scale.py
 	$(PY) -m bench.storage_bounds
+	$(PY) -m bench.event_streams
 	SERVER_LIMITS_HEAVY=1 $(PY) -m pytest -q -s tests/integration/test_server_limits_heavy.py
 
 ## ruff and mypy, as CI runs them.

@@ -47,7 +47,11 @@ def small_service(
     data_plane: LocalDataPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     process = start_service(
-        data_plane, tmp_path_factory.mktemp("stream-cap"), EVENTS_MAX_STREAMS="3"
+        data_plane,
+        tmp_path_factory.mktemp("stream-cap"),
+        EVENTS_MAX_STREAMS="3",
+        # The instance cap alone: anonymous streams may take all of it here.
+        EVENTS_ANONYMOUS_STREAMS_SHARE="1",
     )
     try:
         yield process

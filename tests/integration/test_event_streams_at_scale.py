@@ -66,7 +66,15 @@ async def neighbour_p50(base_url: str, cookie: dict[str, str], count: int) -> fl
 async def test_1500_streams_30_writes_a_second_and_a_quiet_neighbour(
     data_plane: LocalDataPlane, tmp_path: Path
 ) -> None:
-    service = start_service(data_plane, tmp_path, EVENTS_HEARTBEAT_SECONDS="60")
+    # Every stream comes from this one address and is anonymous: the per-IP and anonymous
+    # caps (test_event_stream_fair_share.py) would refuse most of them.
+    service = start_service(
+        data_plane,
+        tmp_path,
+        EVENTS_HEARTBEAT_SECONDS="60",
+        EVENTS_MAX_STREAMS_PER_IP=str(SUBJECTS * PER_SUBJECT),
+        EVENTS_ANONYMOUS_STREAMS_SHARE="1",
+    )
     limits = httpx.Limits(max_connections=SUBJECTS * PER_SUBJECT + 50)
     timeout = httpx.Timeout(60, read=120)
     received: Counter[int] = Counter()

@@ -19,6 +19,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -43,6 +44,23 @@ EXTRACTIONS = Counter("autopilot_extractions_total", "Profile extraction runs.",
 EVENT_READS = Counter(
     "autopilot_event_reads_total",
     "Reads of new events by live-stream feeds (one per subject per wake-up, not per stream).",
+)
+EVENT_STREAMS_OPEN = Gauge(
+    "autopilot_event_streams_open",
+    "Live event streams held, by kind of caller (anonymous, signed_in).",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
+EVENT_STREAMS_REFUSED = Counter(
+    "autopilot_event_streams_refused_total",
+    "Live event streams refused, by the cap that refused them (ip, anonymous, instance).",
+    ["cap"],
+)
+EVENT_STREAMS_CUT = Counter(
+    "autopilot_event_streams_cut_total",
+    "Live event streams the server ended early: replaced by a newer stream of their subject, "
+    "lagging too far behind it, or stalled (their client read nothing within the deadline).",
+    ["reason"],
 )
 MODEL_SECONDS = Histogram(
     "autopilot_model_call_seconds",

@@ -35,10 +35,5 @@ class AppState:
 
     def stream_registry(self) -> StreamRegistry:
         if self.streams is None:
-            self.streams = StreamRegistry(
-                bus=self.bus,
-                heartbeat=self.settings.events_heartbeat_seconds,
-                max_streams=self.settings.events_max_streams,
-                max_per_subject=self.settings.events_max_streams_per_subject,
-            )
+            self.streams = StreamRegistry.for_settings(self.settings, bus=self.bus)
         return self.streams

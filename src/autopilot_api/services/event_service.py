@@ -6,12 +6,13 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal, cast
 from uuid import UUID
 
+from postgrest import CountMethod
 from supabase import AsyncClient
 
 from autopilot_api.core.config import Settings
@@ -20,13 +21,18 @@ from autopilot_api.core.security import generate_session_token, hash_session_tok
 from autopilot_api.core.supabase import call_rpc, translate_data_plane_error
 from autopilot_api.models.auth import UserContext
 from autopilot_api.services.event_bus import EventBus, profile_subject, session_subject
-from autopilot_api.services.event_streams import StreamPlace, StreamRegistry
+from autopilot_api.services.event_streams import (
+    PAGE_SIZE,
+    StreamOwner,
+    StreamPlace,
+    StreamRegistry,
+)
+from autopilot_api.services.rate_limiter import client_bucket
 
 logger = logging.getLogger(__name__)
 
-# Events are re-read this far back on every poll and sent once (see session_events).
-LATE_COMMIT_WINDOW = timedelta(seconds=30)
-FETCH_LIMIT = 500
+# A stream's writes may run this far past its end before it is given up (its final frame).
+STREAM_END_GRACE_SECONDS = 1.0
 LIVE_EVENT_NAMES = {"extracted": "extraction.completed"}
 # After these a session's credential is gone (claimed into a profile, deleted, expired).
 SESSION_ENDING_EVENTS = frozenset({"claimed", "deleted", "expired"})
@@ -76,6 +82,69 @@ class StreamFrame:
     kind: Literal["ready", "event", "heartbeat"]
     event: dict[str, Any] | None = None
     cursor: int | None = None
+
+
+@dataclass(frozen=True)
+class LiveStream:
+    """A stream that holds its place: its frames, and when and how its writes must end."""
+
+    frames: AsyncGenerator[StreamFrame]
+    # time.monotonic() at which the stream ends by itself; a write blocked by a client that
+    # reads nothing is not allowed past it (plus STREAM_END_GRACE_SECONDS).
+    ends_at: float
+    place: StreamPlace
+
+    @property
+    def stopped(self) -> asyncio.Event:
+        """Set when the server ends the stream early (replaced, lagging, stalled)."""
+        return self.place.stopped
+
+    def client_stalled(self) -> None:
+        """Its client read nothing within the send deadline: the place goes back now."""
+        self.place.stop("stalled")
+
+
+class SubjectEvents:
+    """The events of one subject in `session_events`, as a feed or a replay reads them."""
+
+    def __init__(self, supabase: AsyncClient, subject: EventSubject) -> None:
+        self._supabase = supabase
+        self._subject = subject
+
+    def _query(self, columns: str, **options: Any) -> Any:
+        return (
+            self._supabase.table("session_events")
+            .select(columns, **options)
+            .eq(self._subject.column, str(self._subject.id))
+        )
+
+    @staticmethod
+    async def _rows(query: Any) -> Any:
+        try:
+            return await query.execute()
+        except Exception as exc:
+            raise translate_data_plane_error(exc) from exc
+
+    async def latest_id(self) -> int:
+        response = await self._rows(self._query("id").order("id", desc=True).limit(1))
+        rows = cast(list[dict[str, Any]], response.data)
+        return int(rows[0]["id"]) if rows else 0
+
+    async def after(self, after_id: int, *, limit: int) -> list[dict[str, Any]]:
+        query = self._query("*").gt("id", after_id).order("id").limit(limit)
+        return cast(list[dict[str, Any]], (await self._rows(query)).data)
+
+    async def count_between(self, low: int, high: int) -> int:
+        query = self._query("id", count=CountMethod.exact, head=True).gt("id", low).lte("id", high)
+        return int((await self._rows(query)).count or 0)
+
+    async def ids_between(self, low: int, high: int) -> list[int]:
+        query = self._query("id").gt("id", low).lte("id", high).order("id")
+        return [int(row["id"]) for row in (await self._rows(query)).data]
+
+    async def with_ids(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        query = self._query("*").in_("id", [str(i) for i in ids]).order("id")
+        return cast(list[dict[str, Any]], (await self._rows(query)).data)
 
 
 def public_event(row: dict[str, Any]) -> dict[str, Any]:
@@ -166,59 +235,36 @@ class EventService:
             credential_expires_at=str(grant["credentialExpiresAt"]),
         )
 
-    async def _fetch(self, subject: EventSubject, after_id: int) -> list[dict[str, Any]]:
-        since = (datetime.now(UTC) - LATE_COMMIT_WINDOW).isoformat()
-        query = (
-            self._supabase.table("session_events")
-            .select("*")
-            .eq(subject.column, str(subject.id))
-            .or_(f"id.gt.{after_id},created_at.gt.{since}")
-            .order("id")
-            .limit(FETCH_LIMIT)
-        )
-        try:
-            response = await query.execute()
-        except Exception as exc:
-            raise translate_data_plane_error(exc) from exc
-        return cast(list[dict[str, Any]], response.data)
-
-    async def latest_event_id(self, subject: EventSubject) -> int:
-        query = (
-            self._supabase.table("session_events")
-            .select("id")
-            .eq(subject.column, str(subject.id))
-            .order("id", desc=True)
-            .limit(1)
-        )
-        try:
-            response = await query.execute()
-        except Exception as exc:
-            raise translate_data_plane_error(exc) from exc
-        rows = cast(list[dict[str, Any]], response.data)
-        return int(rows[0]["id"]) if rows else 0
-
     async def history_floor(self) -> int:
         """Events with an id at or below this may have been deleted by retention."""
         return int(await call_rpc(self._supabase, "event_history_floor", {}) or 0)
 
-    def frames(
+    def open_stream(
         self,
         *,
         subject: EventSubject,
+        client_ip: str,
+        anonymous: bool,
         last_event_id: int | None,
         not_after: datetime | None = None,
-    ) -> AsyncGenerator[StreamFrame]:
-        """The stream's frames, counted against the instance's cap now (503 past it).
+    ) -> LiveStream:
+        """A stream counted against the caps now (429 / 503 past them, see event_streams).
 
-        The place is given back when the stream ends, or when the generator is dropped
-        unstarted (a client gone before the first byte): the count never creeps up.
+        The place is given back when the stream ends, or when its frames are dropped
+        unstarted (a client gone before the first byte): the counts never creep up.
         """
-        place = self._streams.reserve()
-        stream = self._frames(
-            subject=subject, place=place, last_event_id=last_event_id, not_after=not_after
+        place = self._streams.reserve(
+            StreamOwner(subject=subject.key, ip=client_bucket(client_ip), anonymous=anonymous)
         )
-        weakref.finalize(stream, place.release)
-        return stream
+        lifetime = float(self._settings.events_max_stream_seconds)
+        if not_after is not None:
+            lifetime = min(lifetime, (not_after - datetime.now(UTC)).total_seconds())
+        ends_at = time.monotonic() + lifetime
+        frames = self._frames(
+            subject=subject, place=place, last_event_id=last_event_id, ends_at=ends_at
+        )
+        weakref.finalize(frames, place.release)
+        return LiveStream(frames=frames, ends_at=ends_at + STREAM_END_GRACE_SECONDS, place=place)
 
     async def _frames(
         self,
@@ -226,27 +272,20 @@ class EventService:
         subject: EventSubject,
         place: StreamPlace,
         last_event_id: int | None,
-        not_after: datetime | None,
+        ends_at: float,
     ) -> AsyncGenerator[StreamFrame]:
         """Replay after `last_event_id` (or start from now), then live; heartbeats between.
 
         The live part comes from the subject's shared feed (one read per wake-up for all its
-        streams here; it re-reads a short window so a late commit is still sent once). The
-        stream ends after EVENTS_MAX_STREAM_SECONDS, never outlives `not_after` (the access
-        token that allowed it), ends when a newer stream of its subject evicts it, and after
-        a session's terminal event (the client needs that event; the credential is gone).
+        streams here, late commits included, see event_streams). The stream ends at
+        `ends_at` (EVENTS_MAX_STREAM_SECONDS, or the expiry of the access token that allowed
+        it), when the server stops it (a newer stream of its subject took its place, or it
+        fell too far behind), and after a session's terminal event (the client needs that
+        event; the credential is gone).
         """
         heartbeat = self._settings.events_heartbeat_seconds
-        lifetime = float(self._settings.events_max_stream_seconds)
-        if not_after is not None:
-            lifetime = min(lifetime, (not_after - datetime.now(UTC)).total_seconds())
-        ends_at = time.monotonic() + lifetime
-        async with self._streams.join(
-            place=place,
-            key=subject.key,
-            fetch=lambda after: self._fetch(subject, after),
-            latest_id=lambda: self.latest_event_id(subject),
-        ) as (feed, slot):
+        events = SubjectEvents(self._supabase, subject)
+        async with self._streams.join(place, reader=events) as feed:
             # Joined before the replay reads: whatever commits after it reaches the queue.
             position = feed.cursor
             reset = None
@@ -254,7 +293,7 @@ class EventService:
                 floor = await self.history_floor()
                 if last_event_id < floor:
                     # Start from now, as a fresh stream does, and say why.
-                    resume_from = max(await self.latest_event_id(subject), floor)
+                    resume_from = max(await events.latest_id(), floor)
                     reset = reset_event(
                         subject, resume_from=resume_from, last_event_id=last_event_id
                     )
@@ -267,31 +306,28 @@ class EventService:
             if last_event_id is not None:
                 after = last_event_id
                 while True:
-                    rows = await self._fetch(subject, after)
+                    rows = await events.after(after, limit=PAGE_SIZE)
                     for row in rows:
-                        event_id = int(row["id"])
-                        if event_id <= start or event_id in replayed:
-                            continue
-                        replayed.add(event_id)
+                        replayed.add(int(row["id"]))
                         yield StreamFrame("event", public_event(row))
                         if self._ends_stream(subject, row):
                             return
-                    newest = max((int(r["id"]) for r in rows), default=after)
-                    if len(rows) < FETCH_LIMIT or newest <= after:
+                    if len(rows) < PAGE_SIZE:
                         break
-                    after = newest
+                    after = int(rows[-1]["id"])
+            queue = place.queue
             while True:
                 left = ends_at - time.monotonic()
                 if left <= 0:
                     return
                 try:
-                    item = await asyncio.wait_for(slot.queue.get(), timeout=min(heartbeat, left))
+                    item = await asyncio.wait_for(queue.get(), timeout=min(heartbeat, left))
                 except TimeoutError:
                     if time.monotonic() >= ends_at:
                         return
                     yield StreamFrame("heartbeat")
                     continue
-                if item.kind == "evicted":
+                if item.kind == "stopped":
                     return
                 if item.kind == "error":
                     assert item.error is not None
@@ -307,9 +343,3 @@ class EventService:
     @staticmethod
     def _ends_stream(subject: EventSubject, row: dict[str, Any]) -> bool:
         return subject.kind == "session" and row["event_type"] in SESSION_ENDING_EVENTS
-
-    @staticmethod
-    def _forget_old(sent: dict[int, float]) -> None:
-        horizon = time.monotonic() - 2 * LATE_COMMIT_WINDOW.total_seconds()
-        for event_id in [i for i, at in sent.items() if at < horizon]:
-            del sent[event_id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
@@ -15,6 +16,7 @@ from autopilot_api.api.deps import (
     EventStreamCookie,
     SettingsDep,
     WritingUser,
+    client_ip,
     set_event_stream_cookie,
 )
 from autopilot_api.api.json_body import JSONBodyRoute
@@ -65,7 +67,10 @@ async def issue_ticket(user: WritingUser, events: EventServiceDep) -> EventTicke
             "EVENTS_MAX_STREAM_SECONDS (or when the access token that opened it expires); "
             "reconnect with Last-Event-ID. With a ticket, its first use sets an HttpOnly "
             "stream cookie (Path = this URL's path): a reconnect to the same URL is accepted "
-            "with the spent ticket and that cookie only.",
+            "with the spent ticket and that cookie only. Streams are capped per client IP "
+            "(429), anonymous streams as a group and per instance (503); a newer stream of "
+            "the same session or profile may end an older one, and a stream whose client "
+            "reads nothing ends after EVENTS_SEND_TIMEOUT_SECONDS.",
             [
                 SseEvent(
                     EVENT_TYPES,
@@ -80,7 +85,7 @@ async def issue_ticket(user: WritingUser, events: EventServiceDep) -> EventTicke
                 ),
             ],
         ),
-        **error_responses(401, 422, 503),
+        **error_responses(401, 422, 429, 503),
     },
     openapi_extra=security(BEARER, SESSION_COOKIE, EVENT_TICKET),
 )
@@ -101,6 +106,7 @@ async def stream_events(
         Query(
             alias="lastEventId",
             ge=0,
+            le=2**63 - 1,
             description="Resume after this id when no Last-Event-ID header is sent: for a new "
             "EventSource (e.g. with a new ticket after a token refresh), which cannot send it.",
         ),
@@ -111,40 +117,61 @@ async def stream_events(
     resume_after = last_event_id if last_event_id is not None else last_event_id_query
     grant: TicketGrant | None = None
     not_after: datetime | None
+    # Free to create, so capped as a group: anonymous sessions and Supabase's anonymous
+    # users. A ticket is bought with a signed-in bearer.
+    anonymous: bool
     if ticket is not None:
         grant = await events.open_with_ticket(ticket=ticket, credential=stream_cookie)
         subject = EventSubject("profile", grant.profile_id)
         not_after = grant.not_after
+        anonymous = False
     elif auth.user is not None:
         subject = EventSubject("profile", auth.user.id)
         not_after = auth.user.expires_at
+        anonymous = auth.user.is_anonymous
     elif auth.session is not None:
         subject = EventSubject("session", auth.session.session_id)
         not_after = None
+        anonymous = True
     else:
         raise UnauthorizedError("Send the session cookie, a bearer token or a ticket.")
-    first_frames = events.frames(subject=subject, last_event_id=resume_after, not_after=not_after)
+    live = events.open_stream(
+        subject=subject,
+        client_ip=client_ip(request, settings),
+        anonymous=anonymous,
+        last_event_id=resume_after,
+        not_after=not_after,
+    )
 
     async def body() -> AsyncIterator[bytes]:
-        try:
-            async for frame in first_frames:
-                if frame.kind == "ready":
-                    # An id with no data sets the browser's last event id without an
-                    # event: a stream dropped before its first event resumes from here.
-                    yield format_sse_event(
-                        comment="connected", id=str(frame.cursor), retry=settings.events_retry_ms
-                    )
-                elif frame.kind == "heartbeat":
-                    yield sse_comment("heartbeat")
-                elif frame.event is not None:
-                    yield sse_event(
-                        frame.event["type"], frame.event, event_id=str(frame.event["id"])
-                    )
-        except AppError as exc:
-            # The client reconnects with Last-Event-ID and loses nothing.
-            yield sse_event("error", exc.envelope())
+        async with contextlib.aclosing(live.frames) as frames:
+            try:
+                async for frame in frames:
+                    if frame.kind == "ready":
+                        # An id with no data sets the browser's last event id without an
+                        # event: a stream dropped before its first event resumes from here.
+                        yield format_sse_event(
+                            comment="connected",
+                            id=str(frame.cursor),
+                            retry=settings.events_retry_ms,
+                        )
+                    elif frame.kind == "heartbeat":
+                        yield sse_comment("heartbeat")
+                    elif frame.event is not None:
+                        yield sse_event(
+                            frame.event["type"], frame.event, event_id=str(frame.event["id"])
+                        )
+            except AppError as exc:
+                # The client reconnects with Last-Event-ID and loses nothing.
+                yield sse_event("error", exc.envelope())
 
-    stream = DisconnectAwareEventSourceResponse(body())
+    stream = DisconnectAwareEventSourceResponse(
+        body(),
+        send_timeout=settings.events_send_timeout_seconds,
+        ends_at=live.ends_at,
+        stop=live.stopped,
+        on_stalled=live.client_stalled,
+    )
     if grant is not None:
         set_event_stream_cookie(
             stream,
