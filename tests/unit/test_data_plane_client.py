@@ -428,21 +428,28 @@ class TestTransport:
         first, second, third = _peers()
         assert first == second != third
 
+    @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
     def test_an_idle_connection_the_server_closed_is_not_used(
-        self, setup: Setup, server: str
+        self, setup: Setup, request: pytest.FixtureRequest, tls: bool
     ) -> None:
         """The server closes a kept-alive connection (without saying so) and the event loop
         has not run since: the check before reuse sees it, and a POST, which is never sent
         twice, goes on a new connection."""
+        context = None
+        if tls:
+            url, cert_path = request.getfixturevalue("tls_server")
+            context = ssl.create_default_context(cafile=str(cert_path))
+        else:
+            url = request.getfixturevalue("server")
         _Handler.close_after_answer = True
 
         async def scenario() -> None:
-            async with setup.client() as http:
-                await http.post(f"{server}/rpc/f", content=b"1")
+            async with setup.client(ssl_context=context) as http:
+                await http.post(f"{url}/rpc/f", content=b"1")
                 # Blocking on purpose: the loop must not see the close before the call.
                 assert _Handler.closed_idle.wait(5.0)
                 time.sleep(0.05)
-                assert (await http.post(f"{server}/rpc/f", content=b"2")).content == b"2"
+                assert (await http.post(f"{url}/rpc/f", content=b"2")).content == b"2"
 
         try:
             setup.run(scenario())
