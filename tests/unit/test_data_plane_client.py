@@ -189,6 +189,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b"x" * 100)
 
     def do_POST(self) -> None:
+        if self.path == "/no-read":
+            # Takes nothing of the request: the client's write stalls once buffers fill.
+            time.sleep(STALL_SECONDS)
+            self.close_connection = True
+            return
         body = self._record()
         self._send(200, body, Content_Type="application/json")
 
@@ -531,6 +536,20 @@ class TestTransport:
         setup.run(scenario())
         # The connection the timeout abandoned was not reused.
         assert len(set(_peers())) == 2
+
+    def test_a_request_the_server_does_not_take_is_a_write_timeout(
+        self, setup: Setup, server: str
+    ) -> None:
+        async def scenario() -> None:
+            async with setup.client() as http:
+                with pytest.raises(httpx.WriteTimeout):
+                    await http.post(
+                        f"{server}/no-read",
+                        content=b"x" * (16 * 1024 * 1024),
+                        timeout=httpx.Timeout(5.0, read=READ_TIMEOUT_SECONDS, write=0.5),
+                    )
+
+        setup.run(scenario())
 
     def test_a_slow_answer_is_a_read_timeout_and_the_connection_is_dropped(
         self, setup: Setup, server: str

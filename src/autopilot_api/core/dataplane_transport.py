@@ -9,9 +9,11 @@ Two transports, chosen by DATA_PLANE_TRANSPORT (as uvicorn chooses httptools or 
 - `httpx`: httpx's own transport (httpcore), with everything httpx does, proxies included.
 - `auto` (the default): `builtin`, unless a proxy is set in the environment.
 
-Both keep to the same contract: timeouts mean what httpx's mean (connect; pool; read: the
-longest silence while an answer is awaited or read, not a deadline for the whole answer), an
-idle connection is not reused past DATA_PLANE_KEEPALIVE_SECONDS, and an answer larger than
+Both keep to the same contract: timeouts mean what httpx's mean (connect, TLS included; pool;
+read: the longest silence while an answer is awaited or read, not a deadline for the whole
+answer; a request the server does not take in time is a WriteTimeout: the builtin transport
+writes it whole at once and tells the two apart when its read timer goes off), an idle
+connection is not reused past DATA_PLANE_KEEPALIVE_SECONDS, and an answer larger than
 DATA_PLANE_MAX_RESPONSE_BYTES fails with `ResponseTooLarge` and its connection is closed.
 
 A reused connection can turn out to be closed by the server (a restart, a load balancer
