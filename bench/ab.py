@@ -4,10 +4,13 @@ Serves this checkout's code (B) and another checkout's `src` (A, e.g. a `git wor
 commit before a change) on one data plane, and measures GET and PUT /sessions/me on each in
 alternating rounds (A B, B A, ...), so that a shared machine whose speed drifts slows both
 alike. Prints each round and the medians: req/s, p50, p99 and the service's CPU per request.
+BENCH_A_ENV / BENCH_B_ENV add settings to one side ("NAME=value,NAME=value"), e.g. the same
+checkout on both sides with `BENCH_A_ENV=DATA_PLANE_TRANSPORT=httpx`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import sys
@@ -28,6 +31,11 @@ from tests.fixtures.factories import SPA_ORIGIN
 from tests.fixtures.processes import start_service
 
 
+def _side_env(name: str) -> dict[str, str]:
+    pairs = [pair for pair in os.environ.get(name, "").split(",") if pair]
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 def main() -> None:
     other_src = str(Path(sys.argv[1]).resolve())
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 6
@@ -36,8 +44,8 @@ def main() -> None:
     info = plane.start()
     env = {"SESSION_CREATE_LIMIT_PER_HOUR": "100000000", "LOG_LEVEL": "INFO"}
     services = {
-        "A": start_service(plane, work, PYTHONPATH=other_src, **env),
-        "B": start_service(plane, work, **env),
+        "A": start_service(plane, work, PYTHONPATH=other_src, **env, **_side_env("BENCH_A_ENV")),
+        "B": start_service(plane, work, **env, **_side_env("BENCH_B_ENV")),
     }
     try:
         seed_sessions(info.database_url, 1, MEMORY_SESSIONS[0])

@@ -1,10 +1,12 @@
 """CPU per data-plane call, layer by layer: `python -m bench.client_cost`.
 
 One process, calls made one after another on uvloop (as the service runs), CPU time of
-this process only (PostgREST and Postgres run in others), median of 5 rounds:
+this process only (PostgREST and Postgres run in others), median of 5 rounds, for each
+transport DATA_PLANE_TRANSPORT can choose (builtin, httpx):
   1. the transport alone, against a real PostgREST (`POST rpc/resolve_session`)
   2. the same call through the httpx client supabase-py is given
   3. the same call through supabase-py (`call_rpc`, what the routes use)
+and once:
   4. `call_rpc` over a transport that answers from memory: the floor of supabase-py and
      httpx themselves, whatever the transport underneath
 """
@@ -24,8 +26,13 @@ import uvloop
 from supabase import AsyncClient
 
 from autopilot_api.core.config import load_settings
-from autopilot_api.core.dataplane_transport import DataPlaneTransport
-from autopilot_api.core.supabase import DataPlaneEndpoint, call_rpc, create_supabase_client
+from autopilot_api.core.dataplane_transport import DataPlaneTransport, TransportKind
+from autopilot_api.core.supabase import (
+    DataPlaneEndpoint,
+    call_rpc,
+    close_supabase_client,
+    create_supabase_client,
+)
 from autopilot_api.local.dataplane import LocalDataPlane
 
 CALLS = 3000
@@ -61,8 +68,15 @@ async def _cpu_per_call(call: Callable[[], Awaitable[object]]) -> float:
     return statistics.median(rounds)
 
 
-def _client(rest_url: str, key: str, transport: httpx.AsyncBaseTransport | None) -> AsyncClient:
-    settings = load_settings(_env_file=None, supabase_url=rest_url, supabase_service_role_key=key)
+def _client(
+    rest_url: str, key: str, kind: TransportKind, transport: httpx.AsyncBaseTransport | None
+) -> AsyncClient:
+    settings = load_settings(
+        _env_file=None,
+        supabase_url=rest_url,
+        supabase_service_role_key=key,
+        data_plane_transport=kind,
+    )
     client = create_supabase_client(DataPlaneEndpoint(rest_url, key), settings)
     if transport is not None:
         assert client.options.httpx_client is not None
@@ -80,10 +94,6 @@ async def measure(rest_url: str, key: str) -> dict[str, float]:
         "Content-Profile": "autopilot",
         "Content-Type": "application/json",
     }
-    real = _client(rest_url, key, None)
-    http = real.options.httpx_client
-    assert http is not None
-    transport = DataPlaneTransport()
     request = httpx.Request(
         "POST",
         url,
@@ -91,27 +101,40 @@ async def measure(rest_url: str, key: str) -> dict[str, float]:
         content=body,
         extensions={"timeout": httpx.Timeout(10.0).as_dict()},
     )
-    from_memory = _client(rest_url, key, _FromMemory())
+    results: dict[str, float] = {}
+    transports: dict[TransportKind, httpx.AsyncBaseTransport] = {
+        "builtin": DataPlaneTransport(),
+        "httpx": httpx.AsyncHTTPTransport(),
+    }
+    for kind, transport in transports.items():
+        real = _client(rest_url, key, kind, None)
+        http = real.options.httpx_client
+        assert http is not None
 
-    async def transport_alone() -> None:
-        await transport.handle_async_request(request)
+        async def transport_alone(transport: httpx.AsyncBaseTransport = transport) -> None:
+            response = await transport.handle_async_request(request)
+            await response.aread()
 
-    async def through_httpx() -> None:
-        (await http.post(url, content=body, headers=headers)).json()
+        async def through_httpx(http: httpx.AsyncClient = http) -> None:
+            (await http.post(url, content=body, headers=headers)).json()
 
-    async def through_supabase() -> None:
-        await call_rpc(real, "resolve_session", params)
+        async def through_supabase(real: AsyncClient = real) -> None:
+            await call_rpc(real, "resolve_session", params)
+
+        results[f"{kind}: transport alone (real PostgREST)"] = await _cpu_per_call(transport_alone)
+        results[f"{kind}: httpx client (real PostgREST)"] = await _cpu_per_call(through_httpx)
+        results[f"{kind}: supabase-py call_rpc (real PostgREST)"] = await _cpu_per_call(
+            through_supabase
+        )
+        await transport.aclose()
+        await close_supabase_client(real)
+
+    from_memory = _client(rest_url, key, "builtin", _FromMemory())
 
     async def supabase_floor() -> None:
         await call_rpc(from_memory, "resolve_session", params)
 
-    results = {
-        "transport alone (real PostgREST)": await _cpu_per_call(transport_alone),
-        "httpx client (real PostgREST)": await _cpu_per_call(through_httpx),
-        "supabase-py call_rpc (real PostgREST)": await _cpu_per_call(through_supabase),
-        "supabase-py call_rpc (answers from memory)": await _cpu_per_call(supabase_floor),
-    }
-    await transport.aclose()
+    results["supabase-py call_rpc (answers from memory)"] = await _cpu_per_call(supabase_floor)
     return results
 
 
@@ -125,7 +148,7 @@ def main() -> None:
         plane.stop()
         shutil.rmtree(work, ignore_errors=True)
     for label, micros in results.items():
-        print(f"{label:45s} {micros:7.1f} µs CPU per call")  # noqa: T201
+        print(f"{label:55s} {micros:7.1f} µs CPU per call")  # noqa: T201
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from autopilot_api.core.config import Settings
+from autopilot_api.core.dataplane_transport import choose_transport
 from autopilot_api.local.dataplane import LocalDataPlane, LocalDataPlaneInfo
 from autopilot_api.main import create_app
 from tests.fixtures.factories import SPA_ORIGIN
@@ -40,6 +42,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = config.stash[_OWN_BASETEMP] = tempfile.mkdtemp(
             prefix="autopilot-pytest-"
         )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    # The in-process app reads it from the environment; service processes are handed it.
+    setting = os.environ.get("DATA_PLANE_TRANSPORT", "auto")
+    kind, reason = choose_transport(setting)  # type: ignore[arg-type]
+    return f"data-plane transport: {kind} ({reason})"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     tools_dir: Path = PROJECT_ROOT / ".tools"
     postgrest_max_restarts: int = Field(default=5, ge=0, le=100)
     data_plane_timeout_seconds: float = Field(default=10.0, gt=0)
+    data_plane_transport: Literal["auto", "builtin", "httpx"] = "auto"
+    # Below the idle timeouts that close a kept-alive connection on the other side: PostgREST's
+    # own (Warp, 30 s), most load balancers' (60 s) and nginx's keepalive_timeout (75 s).
+    data_plane_keepalive_seconds: float = Field(default=15.0, gt=0, le=25)
+    data_plane_max_response_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
     idempotency_key_ttl_seconds: int = Field(default=86_400, ge=60, le=30 * 86_400)
     search_session_max_ids: int = Field(default=100_000, ge=1, le=1_000_000)
 

@@ -15,7 +15,10 @@ from supabase import AsyncClient, AsyncClientOptions
 from yarl import URL
 
 from autopilot_api.core.config import Settings
-from autopilot_api.core.dataplane_transport import DataPlaneTransport
+from autopilot_api.core.dataplane_transport import (
+    choose_transport,
+    create_data_plane_http_client,
+)
 from autopilot_api.core.errors import AppError, DataPlaneUnavailableError, ValidationFailedError
 from autopilot_api.core.infrastructure import (
     DataPlaneKeyRejectedError,
@@ -87,126 +90,6 @@ def open_data_plane(settings: Settings) -> OpenDataPlane:
     return OpenDataPlane(endpoint, local_settings, plane.stop, plane.problem)
 
 
-class _NoCookies(httpx.Cookies):
-    """A cookie store that neither keeps nor sends anything: PostgREST sets no cookies, and
-    httpx would otherwise wrap every response (and request) for urllib's cookie jar."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-    def set_cookie_header(self, request: httpx.Request) -> None:
-        return None
-
-
-class DataPlaneHttpClient(httpx.AsyncClient):
-    """httpx's API for supabase-py, without cookie handling and with a cheaper way to
-    build the requests postgrest-py makes.
-
-    postgrest-py hands every call over as an absolute URL string, an (often empty) set of
-    query parameters, its headers and a JSON body already encoded. httpx would parse the
-    URL twice (once more to apply the empty parameters) and copy and rescan the headers
-    four times; that was a fifth of the CPU of a request. Such calls are built here from a
-    parsed URL kept per RPC endpoint and one merge of the headers, into the same Request
-    httpx builds (tests/unit/test_data_plane_client.py compares the two); anything else
-    goes through httpx's own `build_request`.
-    """
-
-    _no_cookies = _NoCookies()
-    _MAX_PARSED_URLS = 256
-    _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._parsed_urls: dict[str, httpx.URL] = {}
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        return self._no_cookies
-
-    @cookies.setter
-    def cookies(self, cookies: Any) -> None:
-        return None
-
-    def build_request(
-        self,
-        method: str,
-        url: httpx.URL | str,
-        *,
-        content: Any = None,
-        params: Any = None,
-        headers: Any = None,
-        timeout: Any = httpx.USE_CLIENT_DEFAULT,
-        extensions: Any = None,
-        **kwargs: Any,
-    ) -> httpx.Request:
-        target = self._absolute_url(url) if isinstance(url, str) else None
-        if (
-            target is None
-            or params
-            or any(value is not None for value in kwargs.values())
-            or not isinstance(content, bytes | None)
-            or self.params
-        ):
-            return super().build_request(
-                method,
-                url,
-                content=content,
-                params=params or None,
-                headers=headers,
-                timeout=timeout,
-                extensions=extensions,
-                **kwargs,
-            )
-        method = method.upper()
-        extensions = {} if extensions is None else dict(extensions)
-        if "timeout" not in extensions:
-            chosen = self.timeout if timeout is httpx.USE_CLIENT_DEFAULT else httpx.Timeout(timeout)
-            extensions["timeout"] = chosen.as_dict()
-        return httpx.Request(
-            method,
-            target,
-            headers=self._request_headers(method, target, headers, content),
-            stream=httpx.ByteStream(content or b""),
-            extensions=extensions,
-        )
-
-    def _absolute_url(self, url: str) -> httpx.URL | None:
-        """The parsed URL of an absolute URL without a query string, else None."""
-        parsed = self._parsed_urls.get(url)
-        if parsed is None:
-            if "?" in url or "#" in url:
-                return None
-            parsed = httpx.URL(url)
-            if parsed.is_relative_url:
-                return None
-            if len(self._parsed_urls) >= self._MAX_PARSED_URLS:
-                self._parsed_urls.clear()
-            self._parsed_urls[url] = parsed
-        return parsed
-
-    def _request_headers(
-        self, method: str, url: httpx.URL, headers: Any, content: bytes | None
-    ) -> list[tuple[bytes, bytes]]:
-        """What httpx's merge and Request would send, in its order: Host (and an empty
-        body's Content-Length), the client's headers the call does not replace, the call's
-        headers, then a body's Content-Length."""
-        call = (headers if isinstance(headers, httpx.Headers) else httpx.Headers(headers)).raw
-        replaced = {name.lower() for name, _ in call}
-        merged = [(name, value) for name, value in self.headers.raw if name.lower() not in replaced]
-        merged += call
-        names = {name.lower() for name, _ in merged}
-        auto: list[tuple[bytes, bytes]] = []
-        if b"host" not in names:
-            auto.append((b"Host", url.netloc))
-        if content:
-            if b"content-length" not in names:
-                merged.append((b"Content-Length", str(len(content)).encode("ascii")))
-        elif not names.intersection((b"content-length", b"transfer-encoding")):
-            if method in self._BODY_METHODS:
-                auto.append((b"Content-Length", b"0"))
-        return auto + merged
-
-
 def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> AsyncClient:
     """Build the shared client for our schema, pointing at the REST layer directly.
 
@@ -214,11 +97,17 @@ def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> A
     an outage becomes a 503 the caller can retry.
     """
     timeout = httpx.Timeout(settings.data_plane_timeout_seconds, connect=3.0)
-    # httpx's own transport (httpcore) and aiohttp beneath it were most of the CPU of a
-    # request; this one keeps the httpx API and its exceptions at a fraction of the cost.
-    http_client = DataPlaneHttpClient(
+    kind, reason = choose_transport(settings.data_plane_transport)
+    logger.info("data-plane transport: %s (%s)", kind, reason)
+    http_client = create_data_plane_http_client(
+        kind,
         timeout=timeout,
-        transport=DataPlaneTransport(max_connections=200, max_keepalive_connections=100),
+        limits=httpx.Limits(
+            max_connections=200,
+            max_keepalive_connections=100,
+            keepalive_expiry=settings.data_plane_keepalive_seconds,
+        ),
+        max_response_bytes=settings.data_plane_max_response_bytes,
     )
     options = AsyncClientOptions(
         schema=settings.db_schema,
