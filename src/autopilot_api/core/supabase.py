@@ -98,7 +98,12 @@ def create_supabase_client(endpoint: DataPlaneEndpoint, settings: Settings) -> A
     """
     timeout = httpx.Timeout(settings.data_plane_timeout_seconds, connect=3.0)
     kind, reason = choose_transport(settings.data_plane_transport)
-    logger.info("data-plane transport: %s (%s)", kind, reason)
+    # The default says nothing at start-up (a quiet start); a setting or a proxy that changed
+    # the choice is worth the operator's line.
+    default = settings.data_plane_transport == "auto" and kind == "builtin"
+    logger.log(
+        logging.DEBUG if default else logging.INFO, "data-plane transport: %s (%s)", kind, reason
+    )
     http_client = create_data_plane_http_client(
         kind,
         timeout=timeout,
