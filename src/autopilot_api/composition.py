@@ -62,16 +62,9 @@ class AppState:
     """What the lifespan makes once and every request reads (typed: `request.state.app_state`)."""
 
     settings: Settings
-    supabase: AsyncClient
-    openai: AsyncOpenAI | None
-    http: httpx.AsyncClient
     token_verifier: TokenVerifier
-    rate_limiter: RateLimiter
+    # Started by the lifespan: its Redis listener wakes this process's streams.
     bus: EventBus
-    # The model's token budgets and the day's usage (Redis when REDIS_URL is set).
-    model_budget: ModelBudget
-    # The live event streams this process holds.
-    streams: StreamRegistry
     services: Services
 
 
@@ -138,19 +131,13 @@ async def open_app_state(
     try:
         yield AppState(
             settings=settings,
-            supabase=supabase,
-            openai=openai,
-            http=http,
             token_verifier=TokenVerifier(
                 jwt_secrets=settings.jwt_secrets,
                 jwks_url=settings.jwks_url,
                 issuer=settings.jwt_issuer,
                 http_client=http,
             ),
-            rate_limiter=rate_limiter,
             bus=bus,
-            model_budget=model_budget,
-            streams=streams,
             services=build_services(
                 settings,
                 supabase,

@@ -15,8 +15,6 @@ from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.fixtures.factories import SPA_ORIGIN, make_user, valid_value
 from tests.fixtures.processes import ServiceProcess
 
-pytestmark = pytest.mark.slow  # two service processes
-
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 COOKIE = "autopilot_session"
 
