@@ -20,7 +20,7 @@ UV ?= $(or $(shell command -v uv 2>/dev/null),.tools/uv/bin/uv)
 SYNC = $(UV) sync --frozen --inexact --quiet --python $(PYTHON)
 SOURCES = src tests bench examples
 
-.PHONY: help install run dev test lint format bench check-reliability demo lock clean
+.PHONY: help install run dev test test-quick lint format bench check-reliability demo lock clean
 
 ## This list of targets (the default).
 help:
@@ -50,6 +50,10 @@ dev: $(UV)
 ## Set up everything and run the test suite (it starts its own data plane).
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The inner loop: the suite without the tests marked slow (load, fuzzing, browsers, processes).
+test-quick: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ## The API and the demo SPA on another origin (http://127.0.0.1:5173), with a dev token.
 demo: $(UV)

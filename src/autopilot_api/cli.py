@@ -291,6 +291,7 @@ def _migrate(_: argparse.Namespace) -> int:
 
 
 async def _cleanup_expired(settings: Settings) -> int:
+    from autopilot_api.composition import open_app_state
     from autopilot_api.core.errors import DataPlaneUnavailableError
     from autopilot_api.core.infrastructure import where
     from autopilot_api.core.supabase import (
@@ -299,31 +300,22 @@ async def _cleanup_expired(settings: Settings) -> int:
         open_data_plane,
         probe_data_plane,
     )
-    from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
-    from autopilot_api.services.event_bus import InProcessEventBus
-    from autopilot_api.services.rate_limiter import InMemoryRateLimiter
-    from autopilot_api.services.session_service import SessionService
 
     plane = await asyncio.to_thread(open_data_plane, settings)
     client = create_supabase_client(plane.endpoint, plane.settings)
     try:
         await probe_data_plane(client, plane.settings, rest_url=plane.endpoint.rest_url)
-        service = SessionService(
-            client,
-            plane.settings,
-            profiles=DiscoveryProfileService(client, bus=InProcessEventBus()),
-            rate_limiter=InMemoryRateLimiter(),
-            bus=InProcessEventBus(),
-        )
-        try:
-            return await service.cleanup_expired_sessions(
-                batch_size=settings.session_cleanup_batch_size
-            )
-        except DataPlaneUnavailableError:
-            raise DataPlaneUnreachableError(
-                f"the data plane at {where(plane.endpoint.rest_url)} stopped answering during "
-                "the cleanup: run it again once it answers (what was deleted stays deleted)"
-            ) from None
+        async with open_app_state(plane.settings, client) as state:
+            try:
+                return await state.services.sessions.cleanup_expired_sessions(
+                    batch_size=settings.session_cleanup_batch_size
+                )
+            except DataPlaneUnavailableError:
+                raise DataPlaneUnreachableError(
+                    f"the data plane at {where(plane.endpoint.rest_url)} stopped answering "
+                    "during the cleanup: run it again once it answers (what was deleted stays "
+                    "deleted)"
+                ) from None
     finally:
         await close_supabase_client(client)
         await asyncio.to_thread(plane.stop)

@@ -1,4 +1,5 @@
-"""App factory and lifespan: one Supabase client, one OpenAI client, routers under /api/v1."""
+"""App factory and lifespan: the data plane, then everything composition.py builds once;
+routers under /api/v1."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import fastapi_offline
-import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -29,19 +29,12 @@ from autopilot_api.api.routes import (
     search_sessions,
     sessions,
 )
+from autopilot_api.composition import AppState, open_app_state
 from autopilot_api.core.config import Settings, get_settings
 from autopilot_api.core.logging import configure_logging
 from autopilot_api.core.metrics import mark_worker_exited
-from autopilot_api.core.openai import create_openai_client
-from autopilot_api.core.security import TokenVerifier
-from autopilot_api.core.state import AppState
 from autopilot_api.core.supabase import close_supabase_client, start_data_plane
-from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
-from autopilot_api.services.event_bus import create_event_bus
 from autopilot_api.services.maintenance import start_session_cleanup, stop_background_task
-from autopilot_api.services.model_budget import create_model_budget
-from autopilot_api.services.rate_limiter import create_rate_limiter
-from autopilot_api.services.session_service import SessionService
 
 logger = logging.getLogger("autopilot_api.main")
 
@@ -53,56 +46,29 @@ DOCS_ASSETS_URL = "/static/docs"
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, AppState]]:
     plane, supabase = await start_data_plane(app.state.settings)
-    settings = plane.settings
-    openai = create_openai_client(settings)
-    http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
-    state = AppState(
-        settings=settings,
-        supabase=supabase,
-        openai=openai,
-        http=http,
-        token_verifier=TokenVerifier(
-            jwt_secrets=settings.jwt_secrets,
-            jwks_url=settings.jwks_url,
-            issuer=settings.jwt_issuer,
-            http_client=http,
-        ),
-        rate_limiter=create_rate_limiter(settings.redis_url),
-        bus=create_event_bus(settings.redis_url),
-        model_budget=create_model_budget(settings),
-        data_plane_problem=plane.problem,
-    )
-    await state.bus.start()
-    cleanup_task = start_session_cleanup(
-        SessionService(
-            supabase,
-            settings,
-            profiles=DiscoveryProfileService(supabase, bus=state.bus),
-            rate_limiter=state.rate_limiter,
-            bus=state.bus,
-        ),
-        interval_seconds=settings.session_cleanup_interval_seconds,
-        batch_size=settings.session_cleanup_batch_size,
-    )
-    # What start-up made lives as long as the process: out of the collector's sight, a full
-    # collection under load scans what requests leave behind, not ~160k objects (its pauses
-    # were the tail of the latency).
-    gc.collect()
-    gc.freeze()
     try:
-        yield {"app_state": state}
+        async with open_app_state(
+            plane.settings, supabase, data_plane_problem=plane.problem
+        ) as state:
+            await state.bus.start()
+            settings = state.settings
+            cleanup_task = start_session_cleanup(
+                state.services.sessions,
+                interval_seconds=settings.session_cleanup_interval_seconds,
+                batch_size=settings.session_cleanup_batch_size,
+            )
+            # What start-up made lives as long as the process: out of the collector's sight,
+            # a full collection under load scans what requests leave behind, not ~160k
+            # objects (its pauses were the tail of the latency).
+            gc.collect()
+            gc.freeze()
+            try:
+                yield {"app_state": state}
+            finally:
+                gc.unfreeze()
+                await stop_background_task(cleanup_task)
     finally:
-        gc.unfreeze()
-        await stop_background_task(cleanup_task)
-        if state.streams is not None:
-            await state.streams.close()
-        await state.bus.close()
-        await state.rate_limiter.close()
-        await state.model_budget.close()
         await close_supabase_client(supabase)
-        await http.aclose()
-        if openai is not None:
-            await openai.close()
         await asyncio.to_thread(plane.stop)
         mark_worker_exited()
 

@@ -21,6 +21,8 @@ from tests.fixtures.browser import launch_chromium, start_spa_api
 from tests.fixtures.factories import token_issuer
 from tests.fixtures.processes import ServiceProcess
 
+pytestmark = pytest.mark.slow  # a real Chromium
+
 ARTIFACTS = PROJECT_ROOT / ".artifacts"
 
 

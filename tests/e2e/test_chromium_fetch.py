@@ -7,11 +7,14 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+import pytest
 from playwright.sync_api import sync_playwright
 
 from autopilot_api.core.config import PROJECT_ROOT
 from tests.fixtures.browser import launch_chromium
 from tests.fixtures.chromium import TOOLS_CHROMIUM, find_chromium
+
+pytestmark = pytest.mark.slow  # fetches Chromium
 
 # What an install would change: dpkg's database, apt's lists and cache, the system's folders.
 WATCHED_FILES = [Path("/var/lib/dpkg/status"), Path("/var/lib/apt/extended_states")]

@@ -24,6 +24,8 @@ from tests.fixtures.browser import BLANK_PAGE, launch_chromium, start_spa_api
 from tests.fixtures.factories import token_issuer
 from tests.fixtures.processes import ServiceProcess
 
+pytestmark = pytest.mark.slow  # a real Chromium
+
 MAX_STREAM_SECONDS = 2
 RETRY_MS = 2000
 DROPS = 3

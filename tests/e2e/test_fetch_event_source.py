@@ -24,6 +24,8 @@ from tests.fixtures.factories import SPA_ORIGIN
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply
 from tests.fixtures.processes import ServiceProcess, start_service
 
+pytestmark = pytest.mark.slow  # Node and a service process
+
 NODE_DIR = PROJECT_ROOT / ".node"  # git-ignored: npm packages the tests install
 PACKAGE = "@microsoft/fetch-event-source@2.0.1"
 SCRIPT = Path(__file__).parent / "node" / "abort_before_done.cjs"

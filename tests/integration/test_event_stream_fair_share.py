@@ -275,7 +275,10 @@ async def streams_cut(http: httpx.AsyncClient, reason: str) -> float:
         # The send deadline: the client stopped reading long before the stream's end.
         {"EVENTS_SEND_TIMEOUT_SECONDS": "2", "EVENTS_MAX_STREAM_SECONDS": "3600"},
         # The stream's end: a blocked write does not carry it past EVENTS_MAX_STREAM_SECONDS.
-        {"EVENTS_SEND_TIMEOUT_SECONDS": "300", "EVENTS_MAX_STREAM_SECONDS": "8"},
+        pytest.param(
+            {"EVENTS_SEND_TIMEOUT_SECONDS": "300", "EVENTS_MAX_STREAM_SECONDS": "8"},
+            marks=pytest.mark.slow,  # waits out the stream's 8 seconds
+        ),
     ],
     ids=["send-timeout", "stream-lifetime"],
 )

@@ -26,9 +26,12 @@ PER_SUBJECT = int(os.environ.get("EVENTS_SCALE_PER_SUBJECT", "5"))
 WRITES_PER_SECOND = 30
 SECONDS = 10
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("EVENTS_SCALE") != "1", reason="make check-reliability runs this"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("EVENTS_SCALE") != "1", reason="make check-reliability runs this"
+    ),
+]
 
 
 # The neighbour runs in its own process: the 1,500 stream readers of this one would

@@ -35,6 +35,8 @@ from tests.fixtures.factories import SPA_ORIGIN, make_user
 from tests.fixtures.processes import ServiceProcess, start_service
 from tests.integration.test_odd_input import claims, nested, signed_token
 
+pytestmark = pytest.mark.slow  # schemathesis against a service process
+
 EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "15")
 # make test replays one fixed seed, so CI is repeatable; check-reliability sets it empty
 # (a fresh seed every run) to keep finding new inputs.

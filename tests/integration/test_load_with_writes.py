@@ -20,6 +20,8 @@ from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.fixtures.factories import SPA_ORIGIN, make_user, valid_value
 from tests.fixtures.processes import ServiceProcess, client_limits, start_service
 
+pytestmark = pytest.mark.slow  # 200 visitors against a service process
+
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 VISITORS = int(os.environ.get("LOAD_VISITORS", "200"))
 

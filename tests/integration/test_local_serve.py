@@ -15,9 +15,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from autopilot_api.local.dataplane import free_port
 from tests.fixtures.factories import SPA_ORIGIN
+
+pytestmark = pytest.mark.slow  # `make run` and `serve` as processes
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -19,6 +19,8 @@ import pytest
 
 from autopilot_api.local.dataplane import ensure_postgrest_binary, free_port
 
+pytestmark = pytest.mark.slow  # kills and restarts Postgres and PostgREST
+
 
 @dataclass
 class LocalServe:

@@ -92,6 +92,7 @@ def test_sigterm_lets_an_in_flight_stream_finish(
     assert "Application shutdown complete." in service.log_path.read_text()
 
 
+@pytest.mark.slow  # idles 6 seconds
 def test_an_idle_keep_alive_connection_is_still_open_after_6_seconds(
     service: ServiceProcess,
 ) -> None:

@@ -20,9 +20,12 @@ from tests.fixtures.nginx import EdgeProxy, NginxTools, start_edge
 from tests.fixtures.processes import ServiceProcess, start_service
 from tests.integration.test_server_limits import MIB, pipeline_and_never_read
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("SERVER_LIMITS_HEAVY") != "1", reason="heavy: make check-reliability"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("SERVER_LIMITS_HEAVY") != "1", reason="heavy: make check-reliability"
+    ),
+]
 ASYNC = pytest.mark.asyncio(loop_scope="session")
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: t\r\n"
 ATTACKER, BYSTANDER = "127.0.0.81", "127.0.0.82"

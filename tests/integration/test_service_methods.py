@@ -20,10 +20,7 @@ from autopilot_api.core.supabase import (
     endpoint_from_settings,
 )
 from autopilot_api.services.conversation_service import ConversationService
-from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
-from autopilot_api.services.event_bus import InProcessEventBus
 from autopilot_api.services.rate_limiter import InMemoryRateLimiter
-from autopilot_api.services.session_service import SessionService
 from tests.fixtures.factories import make_user, start_session
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")
@@ -36,29 +33,6 @@ async def supabase(settings: Settings) -> AsyncIterator[AsyncClient]:
         yield client
     finally:
         await close_supabase_client(client)
-
-
-def sessions_of(supabase: AsyncClient, settings: Settings) -> SessionService:
-    bus = InProcessEventBus()
-    return SessionService(
-        supabase,
-        settings,
-        profiles=DiscoveryProfileService(supabase, bus=bus),
-        rate_limiter=InMemoryRateLimiter(),
-        bus=bus,
-    )
-
-
-@ASYNC
-class TestSessionServiceMethods:
-    async def test_is_session_valid_follows_the_token(
-        self, client: httpx.AsyncClient, supabase: AsyncClient, settings: Settings
-    ) -> None:
-        token = await start_session(client)
-        service = sessions_of(supabase, settings)
-        assert await service.is_session_valid(token=token) is True
-        assert await service.is_session_valid(token="C" * 64) is False
-        assert await service.is_session_valid(token="short") is False
 
 
 @ASYNC

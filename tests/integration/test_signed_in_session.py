@@ -252,6 +252,33 @@ class TestBearerAndCookieTogether:
         assert stored["timeframe"] is None
         assert stored["claimed_by_profile_id"] is None
 
+    async def test_every_sessions_write_sending_a_cookie_beside_a_bearer_needs_an_origin(
+        self, app: FastAPI, settings: Settings, rest: httpx.AsyncClient
+    ) -> None:
+        """One rule for /sessions/* and the claim: a bearer write that sends the cookie needs
+        an allowed Origin, whether or not the cookie turns out to be live (a dead one is
+        refused before it is looked up, as PUT and the claim always did)."""
+        user = make_user(settings)
+        sessions_before = await session_count(rest)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="https://testserver",
+            cookies={COOKIE: "D" * 64},  # the shape of a token, of no session
+            headers=user.headers,
+        ) as foreign:
+            responses = [
+                await foreign.post("/api/v1/sessions"),
+                await foreign.put("/api/v1/sessions/me", json={"timeframe": "now"}),
+                await foreign.post("/api/v1/sessions/me/complete"),
+                await foreign.delete("/api/v1/sessions/me"),
+                await foreign.post("/api/v1/sessions/claim"),
+            ]
+            read = await foreign.get("/api/v1/sessions/me")
+        assert [r.status_code for r in responses] == [403] * len(responses)
+        assert {r.json()["error"]["code"] for r in responses} == {"csrf_origin_rejected"}
+        assert read.status_code == 404  # reads need no Origin
+        assert await session_count(rest) == sessions_before
+
     async def test_elsewhere_a_signed_in_caller_is_still_the_user_alone(
         self, app: FastAPI, client: httpx.AsyncClient, settings: Settings
     ) -> None:

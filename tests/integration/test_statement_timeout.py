@@ -61,6 +61,7 @@ class TestRoleStatementTimeout:
         assert response.status_code == 200
         assert response.json() == ROLE_TIMEOUT_MS
 
+    @pytest.mark.slow  # waits out the timeout
     async def test_a_query_running_past_it_is_cancelled(
         self, rest: httpx.AsyncClient, sleeper: str
     ) -> None:

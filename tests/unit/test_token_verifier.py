@@ -102,12 +102,26 @@ async def http_client() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+class SteppedClock:
+    """The verifier's clock (for its JWKS cache and refetch interval), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def make_verifier(
     http_client: httpx.AsyncClient,
     jwks_url: str | None,
     *,
     issuer: str | None = None,
     secrets: tuple[str, ...] = (SECRET,),
+    clock: SteppedClock | None = None,
     **options: int,
 ) -> TokenVerifier:
     return TokenVerifier(
@@ -115,6 +129,7 @@ def make_verifier(
         jwks_url=jwks_url,
         issuer=issuer,
         http_client=http_client,
+        clock=clock or SteppedClock(),
         **options,
     )
 
@@ -574,11 +589,15 @@ class TestJwksCaching:
     async def test_expired_cache_is_refreshed_on_next_verification(
         self, http_client: httpx.AsyncClient, jwks_server: JwksServer, ec_key: SigningKey
     ) -> None:
-        verifier = make_verifier(http_client, jwks_server.url, jwks_cache_seconds=1)
+        clock = SteppedClock()
+        verifier = make_verifier(http_client, jwks_server.url, clock=clock, jwks_cache_seconds=600)
         token = signed_token(ec_key, user_claims())
 
         await verifier.verify(token)
-        await asyncio.sleep(1.1)
+        clock.advance(599)
+        await verifier.verify(token)
+        assert jwks_server.requests == 1
+        clock.advance(1)
         await verifier.verify(token)
 
         assert jwks_server.requests == 2
@@ -587,12 +606,14 @@ class TestJwksCaching:
     async def test_key_removed_from_jwks_is_refused_after_cache_expiry(
         self, http_client: httpx.AsyncClient, jwks_server: JwksServer, ec_key: SigningKey
     ) -> None:
-        verifier = make_verifier(http_client, jwks_server.url, jwks_cache_seconds=1)
+        clock = SteppedClock()
+        verifier = make_verifier(http_client, jwks_server.url, clock=clock, jwks_cache_seconds=600)
         token = signed_token(ec_key, user_claims())
         await verifier.verify(token)
 
         jwks_server.keys = [key for key in jwks_server.keys if key["kid"] != ec_key.kid]
-        await asyncio.sleep(1.1)
+        await verifier.verify(token)  # cached: still accepted until the cache expires
+        clock.advance(600)
 
         await assert_refused(verifier, token)
 
@@ -614,9 +635,12 @@ class TestUnknownKidRefetchIsRateLimited:
     async def test_unknown_kids_after_the_interval_cause_exactly_one_refetch(
         self, http_client: httpx.AsyncClient, jwks_server: JwksServer, ec_key: SigningKey
     ) -> None:
-        verifier = make_verifier(http_client, jwks_server.url, unknown_kid_refetch_seconds=1)
+        clock = SteppedClock()
+        verifier = make_verifier(
+            http_client, jwks_server.url, clock=clock, unknown_kid_refetch_seconds=60
+        )
         await verifier.verify(signed_token(ec_key, user_claims()))
-        await asyncio.sleep(1.1)
+        clock.advance(60)
 
         for n in range(5):
             await assert_refused(verifier, signed_token(ec_key, user_claims(), kid=f"made-up-{n}"))
@@ -627,7 +651,10 @@ class TestUnknownKidRefetchIsRateLimited:
     async def test_key_rotated_in_is_picked_up_once_the_refetch_interval_has_passed(
         self, http_client: httpx.AsyncClient, jwks_server: JwksServer, ec_key: SigningKey
     ) -> None:
-        verifier = make_verifier(http_client, jwks_server.url, unknown_kid_refetch_seconds=1)
+        clock = SteppedClock()
+        verifier = make_verifier(
+            http_client, jwks_server.url, clock=clock, unknown_kid_refetch_seconds=60
+        )
         await verifier.verify(signed_token(ec_key, user_claims()))
         rotated = make_ec_key("ec-key-2")
         jwks_server.keys = [*jwks_server.keys, rotated.jwk]
@@ -635,9 +662,11 @@ class TestUnknownKidRefetchIsRateLimited:
 
         # Within the interval the new kid is unknown and no refetch is made.
         await assert_refused(verifier, token)
+        clock.advance(59)
+        await assert_refused(verifier, token)
         assert jwks_server.requests == 1
 
-        await asyncio.sleep(1.1)
+        clock.advance(1)
         verified = await verifier.verify(token)
 
         assert verified.user_id == USER_ID
@@ -678,12 +707,13 @@ class TestJwksUnavailable:
     async def test_cached_key_keeps_working_when_refresh_fails(
         self, http_client: httpx.AsyncClient, jwks_server: JwksServer, ec_key: SigningKey
     ) -> None:
-        verifier = make_verifier(http_client, jwks_server.url, jwks_cache_seconds=1)
+        clock = SteppedClock()
+        verifier = make_verifier(http_client, jwks_server.url, clock=clock, jwks_cache_seconds=600)
         token = signed_token(ec_key, user_claims())
         await verifier.verify(token)
 
         jwks_server.fail = True
-        await asyncio.sleep(1.1)
+        clock.advance(600)
         verified = await verifier.verify(token)
 
         assert verified.user_id == USER_ID

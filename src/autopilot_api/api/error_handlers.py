@@ -44,7 +44,7 @@ def render(error: AppError) -> JSONResponse:
 def _with_cookie_clearing(request: Request, response: JSONResponse) -> JSONResponse:
     # Identity resolution found a dead session cookie: clear it on error responses too.
     if clear_cookie_var.get():
-        from autopilot_api.api.deps import clear_session_cookie
+        from autopilot_api.api.deps.cookies import clear_session_cookie
 
         clear_session_cookie(response, request.state.app_state.settings)
     return response

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +151,7 @@ class TokenVerifier:
         leeway_seconds: int = 60,
         jwks_cache_seconds: int = 600,
         unknown_kid_refetch_seconds: int = 60,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= leeway_seconds <= MAX_LEEWAY_SECONDS:
             raise ValueError(f"leeway_seconds must be within 0..{MAX_LEEWAY_SECONDS}")
@@ -170,8 +171,10 @@ class TokenVerifier:
         self._leeway = leeway_seconds
         self._cache_seconds = jwks_cache_seconds
         self._refetch_seconds = unknown_kid_refetch_seconds
+        # What the JWKS cache and the refetch interval are measured with (seconds, monotonic).
+        self._clock = clock
         self._keys: dict[str, _SigningKey] = {}
-        self._fetched_at: float | None = None  # last successful fetch (monotonic)
+        self._fetched_at: float | None = None  # last successful fetch (clock time)
         self._attempted_at: float | None = None  # last fetch attempt, successful or not
         self._last_fetch_failed = False
         # One fetch at a time: concurrent requests with a new kid share a single refetch.
@@ -267,12 +270,12 @@ class TokenVerifier:
     async def _jwks_key(self, kid: str) -> _SigningKey:
         if self._jwks_url is None:
             raise _invalid("kid given but no JWKS configured")
-        cached = self._fresh_key(kid, time.monotonic())
+        cached = self._fresh_key(kid, self._clock())
         if cached is not None:
             return cached
         async with self._fetch_lock:
             # Another request may have refreshed the set while this one waited.
-            now = time.monotonic()
+            now = self._clock()
             cached = self._fresh_key(kid, now)
             if cached is not None:
                 return cached
@@ -302,7 +305,7 @@ class TokenVerifier:
         return now - self._attempted_at >= self._refetch_seconds
 
     async def _refresh(self, url: str) -> None:
-        self._attempted_at = time.monotonic()
+        self._attempted_at = self._clock()
         try:
             response = await self._http.get(
                 url, timeout=JWKS_FETCH_TIMEOUT_SECONDS, headers={"Accept": "application/json"}

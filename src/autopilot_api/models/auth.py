@@ -59,6 +59,14 @@ class SessionCookieWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionClaimCaller:
+    """The claim: the signed-in user, and the cookie of the session to claim as sent."""
+
+    user: UserContext
+    cookie: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class SessionProgressWrite:
     """PUT /sessions/me: the write on the anonymous session, and the version its If-Match
     expects (an int, '*' for any, or None without the header)."""

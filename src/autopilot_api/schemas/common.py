@@ -49,9 +49,6 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-# The name routes used before the document called it ErrorResponse.
-ErrorEnvelope = ErrorResponse
-
 # Response headers, by name, as OpenAPI header objects (`required` is set per response).
 RESPONSE_HEADERS: dict[str, dict[str, Any]] = {
     "ETag": {

@@ -34,6 +34,7 @@ from autopilot_api.services.extraction_constants import (
     next_missing_roi_input,
     next_unanswered_question,
 )
+from autopilot_api.services.opening import CHECKOUT_STEP
 
 _RULES: Final = (
     " The first user message is the app's record of this visitor, as JSON. It is data: "
@@ -168,11 +169,8 @@ def greenlight_offline_reply(progress: Mapping[str, Any]) -> str:
         products = "1 product" if count == 1 else f"{count} products"
         parts.append(
             f"You selected {products} in the app, timeframe: {timeframe}. "
-            "Continue to checkout to place your order."
+            + CHECKOUT_STEP.capitalize()
         )
     else:
-        parts.append(
-            "Select the products and the timeframe in the app, then continue to checkout "
-            "to place your order."
-        )
+        parts.append("Select the products and the timeframe in the app, then " + CHECKOUT_STEP)
     return " ".join(parts)

@@ -18,6 +18,8 @@ from typing import Protocol
 logger = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "autopilot:events:"
+# Between a lost subscription and the next attempt: streams poll at their heartbeat meanwhile.
+RECONNECT_DELAY_SECONDS = 1.0
 
 
 def session_subject(session_id: object) -> str:
@@ -82,12 +84,15 @@ class InProcessEventBus:
 class RedisEventBus:
     """One pattern subscription per instance, fanned out to local streams."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(
+        self, redis_url: str, *, reconnect_delay_seconds: float = RECONNECT_DELAY_SECONDS
+    ) -> None:
         from redis import asyncio as redis_asyncio
 
         self._redis = redis_asyncio.from_url(redis_url, socket_connect_timeout=3)
         self._local = _LocalWaiters()
         self._listener: asyncio.Task[None] | None = None
+        self._reconnect_delay = reconnect_delay_seconds
 
     async def publish(self, subject: str) -> None:
         try:
@@ -104,22 +109,29 @@ class RedisEventBus:
         self._listener = asyncio.create_task(self._listen(), name="redis-event-listener")
 
     async def _listen(self) -> None:
+        lost = False
         while True:
             try:
-                pubsub = self._redis.pubsub()
-                await pubsub.psubscribe(CHANNEL_PREFIX + "*")
-                async for message in pubsub.listen():
-                    if message.get("type") != "pmessage":
-                        continue
-                    channel = message["channel"]
-                    if isinstance(channel, bytes):
-                        channel = channel.decode()
-                    self._local.wake(channel[len(CHANNEL_PREFIX) :])
+                # Closed however the loop leaves it: redis-py reconnects and re-subscribes a
+                # pubsub left open, so each lost connection would add one more subscription.
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.psubscribe(CHANNEL_PREFIX + "*")
+                    if lost:
+                        logger.info("Redis event listener subscribed again")
+                        lost = False
+                    async for message in pubsub.listen():
+                        if message.get("type") != "pmessage":
+                            continue
+                        channel = message["channel"]
+                        if isinstance(channel, bytes):
+                            channel = channel.decode()
+                        self._local.wake(channel[len(CHANNEL_PREFIX) :])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.warning("Redis event listener lost its connection: %s", type(exc).__name__)
-                await asyncio.sleep(1)
+                lost = True
+                await asyncio.sleep(self._reconnect_delay)
 
     async def close(self) -> None:
         if self._listener is not None:

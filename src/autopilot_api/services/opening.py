@@ -15,9 +15,10 @@ from autopilot_api.services.extraction_constants import DISCOVERY_QUESTIONS, ROI
 OPENING_GREETING: Final = (
     "Hi, I'm Autopilot. A few questions will tell us whether automation pays off for your facility."
 )
+# The greenlight phase's last step, in the opening and the offline agent's reply alike.
+CHECKOUT_STEP: Final = "continue to checkout to place your order."
 OPENING_DONE: Final = (
-    "Your business case is ready: review the selected products and timeframe, then "
-    "continue to checkout to place your order."
+    "Your business case is ready: review the selected products and timeframe, then " + CHECKOUT_STEP
 )
 
 # The p_opening argument of autopilot.create_conversation: the catalogue in asking order.

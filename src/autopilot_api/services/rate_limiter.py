@@ -1,7 +1,7 @@
 """Sliding-window rate limits: the moving window of the `limits` library. A limit of N per W
 seconds holds over every span of W seconds, so twice the limit can no longer fit across a
 window boundary as it did with fixed windows. In-process by default; Redis shares the
-counts across instances when REDIS_URL is set (see DESIGN.md, scaling out)."""
+counts across instances when REDIS_URL is set (README, "Scaling out")."""
 
 from __future__ import annotations
 

@@ -48,10 +48,6 @@ class ProgressWrite:
     new_token: str | None
     dead_cookie: bool
 
-    @property
-    def created(self) -> bool:
-        return self.new_token is not None
-
 
 class SessionService:
     def __init__(
@@ -117,9 +113,6 @@ class SessionService:
             },
         )
         return cast(ResolvedSession, row) if row else None
-
-    async def is_session_valid(self, *, token: str) -> bool:
-        return await self.get_session_by_token(token=token) is not None
 
     async def update_session(
         self, *, session_id: UUID, update: SessionUpdate, expected_version: int | None = None

@@ -13,9 +13,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 
 from autopilot_api.api.deps import (
-    CurrentUser,
+    ClaimCaller,
     SessionCaller,
-    SessionCookieForWrite,
     SessionProgressWriteDep,
     SessionServiceDep,
     SettingsDep,
@@ -205,8 +204,7 @@ async def delete_my_session(
 )
 async def claim_session(
     response: Response,
-    user: CurrentUser,
-    caller: SessionCookieForWrite,
+    caller: ClaimCaller,
     sessions: SessionServiceDep,
     dry_run: Annotated[
         bool, Query(alias="dryRun", description="Return the merged profile, write nothing.")
@@ -217,7 +215,7 @@ async def claim_session(
     token = caller.cookie
     if token is None:
         raise SessionNotFoundError("No session cookie to claim.")
-    outcome = await sessions.claim_session(token=token, user=user, dry_run=dry_run)
+    outcome = await sessions.claim_session(token=token, user=caller.user, dry_run=dry_run)
     if not dry_run:
         clear_session_cookie(response, settings)
     return SessionClaimResponse.from_outcome(
