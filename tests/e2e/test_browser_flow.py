@@ -14,8 +14,8 @@ from playwright.sync_api import Page, sync_playwright
 
 from autopilot_api.core.config import PROJECT_ROOT
 from autopilot_api.core.security import mint_user_token
+from autopilot_api.discovery.catalogue import QUESTION_BY_KEY, QUESTION_KEYS_IN_ORDER
 from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services.extraction_constants import QUESTION_BY_KEY, QUESTION_KEYS_IN_ORDER
 from tests.conftest import make_settings
 from tests.fixtures.browser import launch_chromium, start_spa_api
 from tests.fixtures.factories import token_issuer

@@ -16,16 +16,16 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from autopilot_api.core.config import Settings
-from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services.agent_prompts import RECORD_INTRO, SYSTEM_PROMPTS
-from autopilot_api.services.extraction_constants import (
-    EXTRACTION_SYSTEM_PROMPT,
+from autopilot_api.discovery.catalogue import (
     QUESTION_BY_KEY,
     QUESTION_KEYS_IN_ORDER,
     ROI_INPUT_KEYS,
     ROI_INPUTS,
     VALID_QUESTION_KEYS,
 )
+from autopilot_api.local.dataplane import LocalDataPlane
+from autopilot_api.services.agent_prompts import RECORD_INTRO, SYSTEM_PROMPTS
+from autopilot_api.services.profile_extraction_service import EXTRACTION_SYSTEM_PROMPT
 from tests.conftest import browser_client, make_settings, running_app
 from tests.fixtures.factories import answer, make_user, start_session, valid_value
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply

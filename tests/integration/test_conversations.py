@@ -16,13 +16,13 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from autopilot_api.core.config import Settings
-from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services.agent_prompts import RECORD_INTRO
-from autopilot_api.services.extraction_constants import (
+from autopilot_api.discovery.catalogue import (
     QUESTION_BY_KEY,
     QUESTION_KEYS_IN_ORDER,
     ROI_INPUTS,
 )
+from autopilot_api.local.dataplane import LocalDataPlane
+from autopilot_api.services.agent_prompts import RECORD_INTRO
 from autopilot_api.services.opening import OPENING_DONE
 from tests.conftest import browser_client, make_settings, running_app
 from tests.fixtures.factories import SPA_ORIGIN, answer, make_user, start_session, valid_value

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from autopilot_api.core.config import Settings
+from autopilot_api.discovery.catalogue import QUESTION_KEYS_IN_ORDER
 from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.fixtures.factories import SPA_ORIGIN, make_user, valid_value
 from tests.fixtures.processes import ServiceProcess, client_limits, start_service
 

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from autopilot_api.core.config import Settings
-from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
+from autopilot_api.discovery.catalogue import QUESTION_KEYS_IN_ORDER
 from tests.fixtures.factories import SPA_ORIGIN, make_user, valid_value
 from tests.fixtures.processes import ServiceProcess
 
