@@ -240,7 +240,8 @@ class TestOfflineAgent:
         everything_but_last = {key: answer(valid_value(key)) for key in QUESTION_KEYS_IN_ORDER[:-1]}
         await client.put("/api/v1/sessions/me", json={"answers": everything_but_last})
         conversation_id = await new_conversation(client)
-        await say(client, conversation_id, "lease")  # the opening asked the last question
+        # the opening asked the last question
+        await say(client, conversation_id, str(valid_value(QUESTION_KEYS_IN_ORDER[-1])))
         assert (await client.get("/api/v1/sessions/me")).json()["phase"] == "roi"
         for value in ("35", "80%", "0.1", "12000", "400"):
             response = await say(client, conversation_id, value)
