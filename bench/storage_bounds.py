@@ -29,8 +29,8 @@ import httpx
 import psycopg
 
 from autopilot_api.core.config import Settings
-from autopilot_api.schemas.discovery import MAX_TEXT_ANSWER_CHARS
-from autopilot_api.services.extraction_constants import QUESTION_BY_KEY, ROI_INPUT_KEYS
+from autopilot_api.discovery.catalogue import QUESTION_BY_KEY, ROI_INPUT_KEYS
+from autopilot_api.discovery.kinds import MAX_TEXT_ANSWER_CHARS
 from bench.harness import service_on_fresh_data_plane
 from tests.fixtures.factories import SPA_ORIGIN, valid_value
 

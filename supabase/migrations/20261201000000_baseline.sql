@@ -458,7 +458,8 @@ grant execute on function autopilot_private.check_phase_transition(
 
 -- Phases advance when a write completes one, whoever stores it (PUT /sessions/me,
 -- PUT /discovery, extraction, the offline agent, which writes through the PUT functions).
--- The keys of each phase come from the service's catalogue as data, p_phase_keys:
+-- The keys of each phase come from the service's catalogue as data, p_phase_keys
+-- (src/autopilot_api/discovery/catalogue.py PHASE_KEYS):
 --   {"discovery": [question keys], "roi": [ROI input keys]}
 -- looked up in answers || roi_inputs (question keys are snake_case, ROI keys camelCase, so
 -- the union is unambiguous). A phase with no keys there (greenlight) is never complete;
@@ -561,17 +562,20 @@ grant execute on function autopilot_private.apply_patch(autopilot_private.progre
   to service_role;
 
 ------------------------------------------------------------------------------------------
--- Typed answers: the catalogue's kind, options and bounds are enforced by one validator in
--- the service wherever an answer enters. Values stored before that may not fit; they are
--- kept as they are, and the merges must neither fail on them nor prefer them. So the merges
--- judge each stored value by the catalogue's rules, which the service passes in as data
--- (p_rules: services/answer_validation.py catalogue_rules(), per key
--- {"kind": "choice", "options": [...]} | {"kind": "number", "minimum", "maximum"} |
--- {"kind": "text", "maxChars"} | {"kind": "boolean"}): a new question needs no migration.
+-- Typed answers: the catalogue's kinds (text, number, choice, boolean, ...) are enforced by
+-- one validator in the service wherever an answer enters. Values stored before that may not
+-- fit; they are kept as they are, and the merges must neither fail on them nor prefer them.
+-- So the merges judge each stored value by the catalogue's rules, which the service passes in
+-- as data (p_rules: src/autopilot_api/discovery/answers.py catalogue_rules(), per key one
+-- rule in a generic shape every kind maps onto, kinds.py):
+--   {"type": "string" | "number" | "integer" | "boolean",
+--    "enum", "minLength", "maxLength", "pattern"   strings, judged trimmed (enum in any case)
+--    "minimum", "maximum"}                          numbers ("integer": whole, |n| <= 2^53 - 1)
+-- A new question needs no migration, nor does a new kind made of these primitives.
 ------------------------------------------------------------------------------------------
 -- Whether a stored entry's value fits its key's rule. No rule (a key the catalogue does not
--- have) judges nothing. Every cast sits behind a CASE on the JSON type, so no stored value
--- can make it fail.
+-- have), or a type this function does not know, judges nothing. Every cast sits behind a
+-- CASE on the JSON type, so no stored value can make it fail.
 create or replace function autopilot_private.entry_is_valid(p_rule jsonb, p_entry jsonb)
 returns boolean
 language sql
@@ -580,25 +584,26 @@ set search_path = ''
 as $$
   select case
     when r is null then true
-    when r ->> 'kind' = 'boolean' then coalesce(jsonb_typeof(v) = 'boolean', false)
-    when r ->> 'kind' = 'number' then case
+    when r ->> 'type' = 'boolean' then jsonb_typeof(v) is not distinct from 'boolean'
+    when r ->> 'type' in ('number', 'integer') then case
       when jsonb_typeof(v) is distinct from 'number' then false
-      else (v #>> '{}')::numeric >= coalesce((r ->> 'minimum')::numeric, 0)
+      else ((r ->> 'minimum') is null or (v #>> '{}')::numeric >= (r ->> 'minimum')::numeric)
         and ((r ->> 'maximum') is null or (v #>> '{}')::numeric <= (r ->> 'maximum')::numeric)
-        -- "integer": true takes only a whole number JavaScript holds exactly (2^53 - 1);
-        -- jsonb keeps numbers exact, so 9007199254740993 is seen as it was sent.
-        and (coalesce((r ->> 'integer')::boolean, false) is false
+        -- an integer is a whole number JavaScript holds exactly (2^53 - 1); jsonb keeps
+        -- numbers exact, so 9007199254740993 is seen as it was sent.
+        and (r ->> 'type' = 'number'
              or ((v #>> '{}')::numeric = trunc((v #>> '{}')::numeric)
                  and abs((v #>> '{}')::numeric) <= 9007199254740991))
     end
-    when r ->> 'kind' = 'choice' then case
+    when r ->> 'type' = 'string' then case
       when jsonb_typeof(v) is distinct from 'string' then false
-      else exists (select 1 from jsonb_array_elements_text(r -> 'options') as o(option)
-                   where lower(o.option) = lower(btrim(v #>> '{}')))
-    end
-    when r ->> 'kind' = 'text' then case
-      when jsonb_typeof(v) is distinct from 'string' then false
-      else length(btrim(v #>> '{}')) between 1 and (r ->> 'maxChars')::integer
+      else (jsonb_typeof(r -> 'enum') is distinct from 'array'
+            or exists (select 1 from jsonb_array_elements_text(r -> 'enum') as o(option)
+                       where lower(o.option) = lower(btrim(v #>> '{}'))))
+        and length(btrim(v #>> '{}')) >= coalesce((r ->> 'minLength')::integer, 0)
+        and ((r ->> 'maxLength') is null
+             or length(btrim(v #>> '{}')) <= (r ->> 'maxLength')::integer)
+        and ((r ->> 'pattern') is null or btrim(v #>> '{}') ~ (r ->> 'pattern'))
     end
     else true
   end
@@ -1369,23 +1374,26 @@ grant execute on function autopilot_private.follow_phase(uuid, uuid, autopilot.s
 ------------------------------------------------------------------------------------------
 -- Conversations
 ------------------------------------------------------------------------------------------
--- The first step of p_steps whose key is not in p_given (in asking order), or null.
+-- The first step of p_steps (in asking order) of phase p_phase or a later one whose key is
+-- not in p_given, or null.
 create or replace function autopilot_private.opening_step(
-  p_steps jsonb, p_given jsonb
+  p_steps jsonb, p_phase autopilot.session_phase, p_given jsonb
 ) returns jsonb
 language sql
-immutable
+stable
 set search_path = ''
 as $$
   select s.step
     from jsonb_array_elements(coalesce(p_steps, '[]'::jsonb)) with ordinality as s(step, n)
-   where not (coalesce(p_given, '{}'::jsonb) ? (s.step ->> 'key'))
+   where (s.step ->> 'phase')::autopilot.session_phase >= p_phase
+     and not (coalesce(p_given, '{}'::jsonb) ? (s.step ->> 'key'))
    order by s.n
    limit 1
 $$;
-revoke all on function autopilot_private.opening_step(jsonb, jsonb)
+revoke all on function autopilot_private.opening_step(jsonb, autopilot.session_phase, jsonb)
   from public, anon, authenticated;
-grant execute on function autopilot_private.opening_step(jsonb, jsonb) to service_role;
+grant execute on function autopilot_private.opening_step(
+  jsonb, autopilot.session_phase, jsonb) to service_role;
 
 -- Owned by a user or by a session; a session's newest conversation becomes its current
 -- one. The phase starts as the owner's. A new conversation holds the agent's opening
@@ -1393,10 +1401,10 @@ grant execute on function autopilot_private.opening_step(jsonb, jsonb) to servic
 -- question the owner has not answered, so the visitor's first message answers that
 -- question (the offline agent records it against the key stored in the message's
 -- metadata.asked). The catalogue lives in the service and comes in as p_opening:
---   {"greeting": text, "done": text,
---    "discovery": [{"key", "asked", "text"}, ...], "roi": [{"key", "asked", "text"}, ...]}
--- in asking order; a discovery step is open while its key is not in the owner's answers,
--- an ROI step while its key is not in roi_inputs. Without p_opening nothing is written.
+--   {"greeting": text, "done": text, "steps": [{"phase", "key", "asked", "text"}, ...]}
+-- in asking order (src/autopilot_api/services/opening.py); a step of the owner's phase or a
+-- later one is open while its key is in neither answers nor roi_inputs. Without p_opening
+-- nothing is written.
 -- Returns {"conversation": row, "opening": message or null}.
 -- An owner holds at most p_max_per_owner conversations: past it 422 too_many_conversations
 -- and nothing is stored (counted under lock_owner, so two concurrent creations cannot both
@@ -1456,13 +1464,9 @@ begin
   end if;
 
   if p_opening is not null then
-    -- As the offline agent goes on: discovery, then ROI once every question is answered.
-    if owner_phase = 'discovery' then
-      step := autopilot_private.opening_step(p_opening -> 'discovery', owner_answers);
-    end if;
-    if step is null and owner_phase in ('discovery', 'roi') then
-      step := autopilot_private.opening_step(p_opening -> 'roi', owner_roi);
-    end if;
+    -- As the offline agent goes on: the first step not stored, from the owner's phase on.
+    step := autopilot_private.opening_step(p_opening -> 'steps', owner_phase,
+      coalesce(owner_answers, '{}'::jsonb) || coalesce(owner_roi, '{}'::jsonb));
     insert into autopilot.messages (conversation_id, role, content, status, metadata)
     values (
       c.id, 'assistant',

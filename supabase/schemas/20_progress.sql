@@ -40,7 +40,8 @@ grant execute on function autopilot_private.check_phase_transition(
 
 -- Phases advance when a write completes one, whoever stores it (PUT /sessions/me,
 -- PUT /discovery, extraction, the offline agent, which writes through the PUT functions).
--- The keys of each phase come from the service's catalogue as data, p_phase_keys:
+-- The keys of each phase come from the service's catalogue as data, p_phase_keys
+-- (src/autopilot_api/discovery/catalogue.py PHASE_KEYS):
 --   {"discovery": [question keys], "roi": [ROI input keys]}
 -- looked up in answers || roi_inputs (question keys are snake_case, ROI keys camelCase, so
 -- the union is unambiguous). A phase with no keys there (greenlight) is never complete;
@@ -143,17 +144,20 @@ grant execute on function autopilot_private.apply_patch(autopilot_private.progre
   to service_role;
 
 ------------------------------------------------------------------------------------------
--- Typed answers: the catalogue's kind, options and bounds are enforced by one validator in
--- the service wherever an answer enters. Values stored before that may not fit; they are
--- kept as they are, and the merges must neither fail on them nor prefer them. So the merges
--- judge each stored value by the catalogue's rules, which the service passes in as data
--- (p_rules: services/answer_validation.py catalogue_rules(), per key
--- {"kind": "choice", "options": [...]} | {"kind": "number", "minimum", "maximum"} |
--- {"kind": "text", "maxChars"} | {"kind": "boolean"}): a new question needs no migration.
+-- Typed answers: the catalogue's kinds (text, number, choice, boolean, ...) are enforced by
+-- one validator in the service wherever an answer enters. Values stored before that may not
+-- fit; they are kept as they are, and the merges must neither fail on them nor prefer them.
+-- So the merges judge each stored value by the catalogue's rules, which the service passes in
+-- as data (p_rules: src/autopilot_api/discovery/answers.py catalogue_rules(), per key one
+-- rule in a generic shape every kind maps onto, kinds.py):
+--   {"type": "string" | "number" | "integer" | "boolean",
+--    "enum", "minLength", "maxLength", "pattern"   strings, judged trimmed (enum in any case)
+--    "minimum", "maximum"}                          numbers ("integer": whole, |n| <= 2^53 - 1)
+-- A new question needs no migration, nor does a new kind made of these primitives.
 ------------------------------------------------------------------------------------------
 -- Whether a stored entry's value fits its key's rule. No rule (a key the catalogue does not
--- have) judges nothing. Every cast sits behind a CASE on the JSON type, so no stored value
--- can make it fail.
+-- have), or a type this function does not know, judges nothing. Every cast sits behind a
+-- CASE on the JSON type, so no stored value can make it fail.
 create or replace function autopilot_private.entry_is_valid(p_rule jsonb, p_entry jsonb)
 returns boolean
 language sql
@@ -162,25 +166,26 @@ set search_path = ''
 as $$
   select case
     when r is null then true
-    when r ->> 'kind' = 'boolean' then coalesce(jsonb_typeof(v) = 'boolean', false)
-    when r ->> 'kind' = 'number' then case
+    when r ->> 'type' = 'boolean' then jsonb_typeof(v) is not distinct from 'boolean'
+    when r ->> 'type' in ('number', 'integer') then case
       when jsonb_typeof(v) is distinct from 'number' then false
-      else (v #>> '{}')::numeric >= coalesce((r ->> 'minimum')::numeric, 0)
+      else ((r ->> 'minimum') is null or (v #>> '{}')::numeric >= (r ->> 'minimum')::numeric)
         and ((r ->> 'maximum') is null or (v #>> '{}')::numeric <= (r ->> 'maximum')::numeric)
-        -- "integer": true takes only a whole number JavaScript holds exactly (2^53 - 1);
-        -- jsonb keeps numbers exact, so 9007199254740993 is seen as it was sent.
-        and (coalesce((r ->> 'integer')::boolean, false) is false
+        -- an integer is a whole number JavaScript holds exactly (2^53 - 1); jsonb keeps
+        -- numbers exact, so 9007199254740993 is seen as it was sent.
+        and (r ->> 'type' = 'number'
              or ((v #>> '{}')::numeric = trunc((v #>> '{}')::numeric)
                  and abs((v #>> '{}')::numeric) <= 9007199254740991))
     end
-    when r ->> 'kind' = 'choice' then case
+    when r ->> 'type' = 'string' then case
       when jsonb_typeof(v) is distinct from 'string' then false
-      else exists (select 1 from jsonb_array_elements_text(r -> 'options') as o(option)
-                   where lower(o.option) = lower(btrim(v #>> '{}')))
-    end
-    when r ->> 'kind' = 'text' then case
-      when jsonb_typeof(v) is distinct from 'string' then false
-      else length(btrim(v #>> '{}')) between 1 and (r ->> 'maxChars')::integer
+      else (jsonb_typeof(r -> 'enum') is distinct from 'array'
+            or exists (select 1 from jsonb_array_elements_text(r -> 'enum') as o(option)
+                       where lower(o.option) = lower(btrim(v #>> '{}'))))
+        and length(btrim(v #>> '{}')) >= coalesce((r ->> 'minLength')::integer, 0)
+        and ((r ->> 'maxLength') is null
+             or length(btrim(v #>> '{}')) <= (r ->> 'maxLength')::integer)
+        and ((r ->> 'pattern') is null or btrim(v #>> '{}') ~ (r ->> 'pattern'))
     end
     else true
   end

@@ -98,23 +98,26 @@ grant execute on function autopilot_private.follow_phase(uuid, uuid, autopilot.s
 ------------------------------------------------------------------------------------------
 -- Conversations
 ------------------------------------------------------------------------------------------
--- The first step of p_steps whose key is not in p_given (in asking order), or null.
+-- The first step of p_steps (in asking order) of phase p_phase or a later one whose key is
+-- not in p_given, or null.
 create or replace function autopilot_private.opening_step(
-  p_steps jsonb, p_given jsonb
+  p_steps jsonb, p_phase autopilot.session_phase, p_given jsonb
 ) returns jsonb
 language sql
-immutable
+stable
 set search_path = ''
 as $$
   select s.step
     from jsonb_array_elements(coalesce(p_steps, '[]'::jsonb)) with ordinality as s(step, n)
-   where not (coalesce(p_given, '{}'::jsonb) ? (s.step ->> 'key'))
+   where (s.step ->> 'phase')::autopilot.session_phase >= p_phase
+     and not (coalesce(p_given, '{}'::jsonb) ? (s.step ->> 'key'))
    order by s.n
    limit 1
 $$;
-revoke all on function autopilot_private.opening_step(jsonb, jsonb)
+revoke all on function autopilot_private.opening_step(jsonb, autopilot.session_phase, jsonb)
   from public, anon, authenticated;
-grant execute on function autopilot_private.opening_step(jsonb, jsonb) to service_role;
+grant execute on function autopilot_private.opening_step(
+  jsonb, autopilot.session_phase, jsonb) to service_role;
 
 -- Owned by a user or by a session; a session's newest conversation becomes its current
 -- one. The phase starts as the owner's. A new conversation holds the agent's opening
@@ -122,10 +125,10 @@ grant execute on function autopilot_private.opening_step(jsonb, jsonb) to servic
 -- question the owner has not answered, so the visitor's first message answers that
 -- question (the offline agent records it against the key stored in the message's
 -- metadata.asked). The catalogue lives in the service and comes in as p_opening:
---   {"greeting": text, "done": text,
---    "discovery": [{"key", "asked", "text"}, ...], "roi": [{"key", "asked", "text"}, ...]}
--- in asking order; a discovery step is open while its key is not in the owner's answers,
--- an ROI step while its key is not in roi_inputs. Without p_opening nothing is written.
+--   {"greeting": text, "done": text, "steps": [{"phase", "key", "asked", "text"}, ...]}
+-- in asking order (src/autopilot_api/services/opening.py); a step of the owner's phase or a
+-- later one is open while its key is in neither answers nor roi_inputs. Without p_opening
+-- nothing is written.
 -- Returns {"conversation": row, "opening": message or null}.
 -- An owner holds at most p_max_per_owner conversations: past it 422 too_many_conversations
 -- and nothing is stored (counted under lock_owner, so two concurrent creations cannot both
@@ -185,13 +188,9 @@ begin
   end if;
 
   if p_opening is not null then
-    -- As the offline agent goes on: discovery, then ROI once every question is answered.
-    if owner_phase = 'discovery' then
-      step := autopilot_private.opening_step(p_opening -> 'discovery', owner_answers);
-    end if;
-    if step is null and owner_phase in ('discovery', 'roi') then
-      step := autopilot_private.opening_step(p_opening -> 'roi', owner_roi);
-    end if;
+    -- As the offline agent goes on: the first step not stored, from the owner's phase on.
+    step := autopilot_private.opening_step(p_opening -> 'steps', owner_phase,
+      coalesce(owner_answers, '{}'::jsonb) || coalesce(owner_roi, '{}'::jsonb));
     insert into autopilot.messages (conversation_id, role, content, status, metadata)
     values (
       c.id, 'assistant',

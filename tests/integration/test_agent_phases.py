@@ -16,16 +16,16 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from autopilot_api.core.config import Settings
-from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services.agent_prompts import RECORD_INTRO, SYSTEM_PROMPTS
-from autopilot_api.services.extraction_constants import (
-    EXTRACTION_SYSTEM_PROMPT,
+from autopilot_api.discovery.catalogue import (
     QUESTION_BY_KEY,
     QUESTION_KEYS_IN_ORDER,
     ROI_INPUT_KEYS,
     ROI_INPUTS,
     VALID_QUESTION_KEYS,
 )
+from autopilot_api.local.dataplane import LocalDataPlane
+from autopilot_api.services.agent_prompts import RECORD_INTRO, SYSTEM_PROMPTS
+from autopilot_api.services.profile_extraction_service import EXTRACTION_SYSTEM_PROMPT
 from tests.conftest import browser_client, make_settings, running_app
 from tests.fixtures.factories import answer, make_user, start_session, valid_value
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply
@@ -278,7 +278,8 @@ class TestTheOfflineAgentCompletesAPhaseTheSameWay:
         await start_session(client)
         await client.put("/api/v1/sessions/me", json={"answers": ALL_BUT_LAST})
         conversation = await new_conversation(client)
-        asked = await say(client, conversation["id"], "lease")  # the opening asked the last
+        # the opening asked the last question
+        asked = await say(client, conversation["id"], str(valid_value(LAST_KEY)))
         assert asked == ROI_INPUTS[0].label
         session = (await client.get("/api/v1/sessions/me")).json()
         assert session["phase"] == "roi"
@@ -320,7 +321,7 @@ class TestModelMode:
         await start_session(online)
         await online.put("/api/v1/sessions/me", json={"answers": ALL_BUT_LAST})
         conversation = await new_conversation(online)
-        extract(model, lambda: extraction_json({LAST_KEY: "lease"}))
+        extract(model, lambda: extraction_json({LAST_KEY: valid_value(LAST_KEY)}))
         await say(online, conversation["id"], "We would lease it.")
         discovery_prompt = model.chat_requests()[-1]["messages"]
         assert discovery_prompt[0] == {"role": "system", "content": SYSTEM_PROMPTS["discovery"]}

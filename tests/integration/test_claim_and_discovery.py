@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from autopilot_api.core.config import Settings
 from autopilot_api.core.security import mint_user_token
+from autopilot_api.discovery.catalogue import QUESTION_KEYS_IN_ORDER
 from autopilot_api.local.dataplane import LocalDataPlane
 from tests.conftest import browser_client, plane_info
 from tests.fixtures.factories import (
@@ -414,8 +415,8 @@ class TestDiscoveryProfile:
         response = await client.get("/api/v1/discovery/questions")
         assert response.status_code == 200
         questions = response.json()
-        assert len(questions) == 25
-        assert [q["id"] for q in questions] == list(range(1, 26))
+        assert [q["key"] for q in questions] == list(QUESTION_KEYS_IN_ORDER)
+        assert [q["id"] for q in questions] == list(range(1, len(QUESTION_KEYS_IN_ORDER) + 1))
         assert "max-age" in response.headers["Cache-Control"]
 
 

@@ -16,13 +16,13 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from autopilot_api.core.config import Settings
-from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services.agent_prompts import RECORD_INTRO
-from autopilot_api.services.extraction_constants import (
+from autopilot_api.discovery.catalogue import (
     QUESTION_BY_KEY,
     QUESTION_KEYS_IN_ORDER,
     ROI_INPUTS,
 )
+from autopilot_api.local.dataplane import LocalDataPlane
+from autopilot_api.services.agent_prompts import RECORD_INTRO
 from autopilot_api.services.opening import OPENING_DONE
 from tests.conftest import browser_client, make_settings, running_app
 from tests.fixtures.factories import SPA_ORIGIN, answer, make_user, start_session, valid_value
@@ -240,7 +240,8 @@ class TestOfflineAgent:
         everything_but_last = {key: answer(valid_value(key)) for key in QUESTION_KEYS_IN_ORDER[:-1]}
         await client.put("/api/v1/sessions/me", json={"answers": everything_but_last})
         conversation_id = await new_conversation(client)
-        await say(client, conversation_id, "lease")  # the opening asked the last question
+        # the opening asked the last question
+        await say(client, conversation_id, str(valid_value(QUESTION_KEYS_IN_ORDER[-1])))
         assert (await client.get("/api/v1/sessions/me")).json()["phase"] == "roi"
         for value in ("35", "80%", "0.1", "12000", "400"):
             response = await say(client, conversation_id, value)

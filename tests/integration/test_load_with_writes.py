@@ -1,5 +1,5 @@
 """200 concurrent virtual visitors against a real service process: each starts a session,
-answers the 25 questions, chats 3 messages (offline agent), and half of them sign up and
+answers every question, chats 3 messages (offline agent), and half of them sign up and
 claim. Every acknowledged answer is stored exactly once; every claim moves every
 conversation; nothing fails except by documented rate limits."""
 
@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from autopilot_api.core.config import Settings
+from autopilot_api.discovery.catalogue import QUESTION_KEYS_IN_ORDER
 from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services.extraction_constants import QUESTION_KEYS_IN_ORDER
 from tests.fixtures.factories import SPA_ORIGIN, make_user, valid_value
 from tests.fixtures.processes import ServiceProcess, client_limits, start_service
 
@@ -145,7 +145,7 @@ async def test_200_visitors_with_writes_lose_nothing(
         f"answers acknowledged={acknowledged} stored={stored_answers} claims={len(claims)}"
     )
     assert set(statuses) <= {200, 201, 429}
-    assert acknowledged == VISITORS * 25
+    assert acknowledged == VISITORS * len(QUESTION_KEYS_IN_ORDER)
     assert stored_answers == acknowledged
     assert len(claims) == VISITORS // 2
     assert all(v.conversations_moved == 1 for v in claims)

@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from autopilot_api.core.config import Settings
+from autopilot_api.discovery.catalogue import QUESTION_BY_KEY, QUESTION_KEYS_IN_ORDER
 from autopilot_api.local.dataplane import LocalDataPlane, free_port
-from autopilot_api.services.extraction_constants import QUESTION_BY_KEY, QUESTION_KEYS_IN_ORDER
 from tests.conftest import API_BASE_URL, make_settings, running_app
 from tests.fixtures.factories import SPA_ORIGIN, make_user, valid_value
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply

@@ -35,6 +35,7 @@ from referencing.jsonschema import DRAFT202012
 from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from autopilot_api.core.config import Settings
+from autopilot_api.discovery.catalogue import QUESTION_KEYS_IN_ORDER
 from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.factories import SPA_ORIGIN, make_user
 from tests.fixtures.processes import ServiceProcess, start_service
@@ -151,8 +152,8 @@ class TestTheDocument:
     def test_limits_are_json_schema_keywords(self, document: dict[str, Any]) -> None:
         schemas = document["components"]["schemas"]
         update = schemas["SessionUpdate"]["properties"]
-        assert update["answers"]["maxProperties"] == 25
-        assert len(update["answers"]["propertyNames"]["enum"]) == 25
+        assert update["answers"]["maxProperties"] == len(QUESTION_KEYS_IN_ORDER)
+        assert update["answers"]["propertyNames"]["enum"] == list(QUESTION_KEYS_IN_ORDER)
         assert update["selectedProductIds"]["maxItems"] == 100
         index = update["currentQuestionIndex"]
         assert (index["minimum"], index["maximum"]) == (0, 1000)

@@ -13,8 +13,8 @@ import pytest
 import pytest_asyncio
 from fastapi import FastAPI
 
+from autopilot_api.discovery.catalogue import QUESTION_BY_KEY, QUESTION_KEYS_IN_ORDER
 from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services.extraction_constants import QUESTION_BY_KEY, QUESTION_KEYS_IN_ORDER
 from tests.conftest import browser_client, running_app
 from tests.fixtures.factories import answer, start_session, valid_value
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply

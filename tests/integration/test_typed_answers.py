@@ -19,13 +19,15 @@ import pytest_asyncio
 from fastapi import FastAPI
 
 from autopilot_api.core.config import Settings
-from autopilot_api.local.dataplane import LocalDataPlane
-from autopilot_api.services import answer_validation
-from autopilot_api.services.extraction_constants import (
+from autopilot_api.discovery import answers
+from autopilot_api.discovery.catalogue import (
     QUESTION_BY_KEY,
     QUESTION_KEYS_IN_ORDER,
+    ROI_BY_KEY,
     DiscoveryQuestion,
 )
+from autopilot_api.discovery.kinds import InvalidAnswer
+from autopilot_api.local.dataplane import LocalDataPlane
 from tests.conftest import browser_client, plane_info, running_app
 from tests.fixtures.factories import answer, make_user, start_session, valid_value
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply
@@ -489,10 +491,23 @@ class TestLegacyValuesInTheClaim:
         assert profile["roiInputs"]["laborRate"] == 20
 
 
+def fits_in_python(key: str, value: Any) -> bool:
+    """Whether the catalogue's strict validator takes a stored value (a key it does not
+    know: nothing to judge, as in SQL)."""
+    step = QUESTION_BY_KEY.get(key) or ROI_BY_KEY.get(key)
+    if step is None:
+        return True
+    try:
+        step.validate(value)
+    except InvalidAnswer:
+        return False
+    return True
+
+
 class TestTheCatalogueReachesSqlAsData:
     """The SQL merges judge stored values by the rules the service passes (`p_rules`, from
     catalogue_rules()): SQL keeps no copy of the catalogue, so a question added in Python is
-    judged in SQL without a migration."""
+    judged in SQL without a migration, and so is a kind made of the rules' primitives."""
 
     @ASYNC
     async def test_a_question_added_only_in_python_is_judged_by_the_claims_merge(
@@ -503,7 +518,7 @@ class TestTheCatalogueReachesSqlAsData:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         new_question = DiscoveryQuestion(
-            id=len(answer_validation.DISCOVERY_QUESTIONS) + 1,
+            id=len(QUESTION_KEYS_IN_ORDER) + 1,
             key="forklift_count",
             label="How many forklifts run on the floor?",
             group="operations",
@@ -511,10 +526,8 @@ class TestTheCatalogueReachesSqlAsData:
             minimum=0,
             maximum=50,
         )
-        monkeypatch.setattr(
-            answer_validation,
-            "DISCOVERY_QUESTIONS",
-            (*answer_validation.DISCOVERY_QUESTIONS, new_question),
+        monkeypatch.setitem(
+            answers.CATALOGUE_RULES, new_question.key, new_question.answer_kind.rule(new_question)
         )
         now = datetime.now(UTC)
         old, new = now - timedelta(days=2), now - timedelta(hours=1)
@@ -556,7 +569,7 @@ class TestTheCatalogueReachesSqlAsData:
         its rule: with a rule for a key SQL has never seen, and without one."""
         at = iso(datetime.now(UTC) - timedelta(days=1))
         outcomes = {}
-        for rules in ({"forklift_count": {"kind": "number", "minimum": 0, "maximum": 50}}, {}):
+        for rules in ({"forklift_count": {"type": "integer", "minimum": 0, "maximum": 50}}, {}):
             token = await start_session(client)
             stored = {"forklift_count": {"value": 500, "source": "user", "updatedAt": at}}
             store_directly(data_plane, session_token=token, answers=stored)
@@ -583,7 +596,6 @@ class TestTheCatalogueReachesSqlAsData:
         assert outcomes == {True: ["forklift_count"], False: []}
 
     def test_sql_and_python_judge_stored_values_alike(self, data_plane: LocalDataPlane) -> None:
-        from autopilot_api.services.answer_validation import catalogue_rules, is_valid_stored
 
         samples: list[tuple[str, Any]] = []
         keys = [*QUESTION_KEYS_IN_ORDER, "laborRate", "utilization", "manualMonthlyHours"]
@@ -597,7 +609,7 @@ class TestTheCatalogueReachesSqlAsData:
                 samples.append((key, value))
         samples += [("facility_type", " COLD storage "), ("budget_range", "OVER $1m")]
         samples += [("not_a_key", "anything")]
-        rules = json.dumps(catalogue_rules())
+        rules = json.dumps(answers.catalogue_rules())
         with psycopg.connect(plane_info(data_plane).database_url) as conn:
             in_sql = [
                 conn.execute(
@@ -607,7 +619,7 @@ class TestTheCatalogueReachesSqlAsData:
                 ).fetchone()
                 for key, value in samples
             ]
-        in_python = [is_valid_stored(key, value) for key, value in samples]
+        in_python = [fits_in_python(key, value) for key, value in samples]
         mismatches = [
             (key, value, sql, python)
             for (key, value), (sql,), python in zip(samples, in_sql, in_python, strict=True)  # type: ignore[misc]

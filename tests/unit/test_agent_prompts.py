@@ -5,18 +5,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from autopilot_api.discovery.catalogue import (
+    DISCOVERY_QUESTIONS,
+    QUESTION_KEYS_IN_ORDER,
+    ROI_INPUTS,
+)
 from autopilot_api.models.conversation import Message
 from autopilot_api.services.agent_prompts import (
     RECORD_INTRO,
     SYSTEM_PROMPTS,
-    greenlight_offline_reply,
+    closing_offline_reply,
     messages_for_model,
     visitor_record,
-)
-from autopilot_api.services.extraction_constants import (
-    DISCOVERY_QUESTIONS,
-    QUESTION_KEYS_IN_ORDER,
-    ROI_INPUTS,
 )
 
 ROI = {
@@ -96,19 +96,19 @@ def test_greenlight_refers_to_the_selection_made_in_the_app() -> None:
 
 
 def test_the_offline_greenlight_reply_states_the_figures_and_the_selection() -> None:
-    reply = greenlight_offline_reply(
+    reply = closing_offline_reply(
         progress("greenlight", {}, ROI, selected=["p-1", "p-2"], timeframe="Q3")
     )
     for figure in ("$12,000.00", "$9,600.00", "$115,200.00", "$104,727.27", "$265,846.15"):
         assert figure in reply
     assert "You selected 2 products in the app, timeframe: Q3." in reply
     assert "checkout" in reply
-    none_selected = greenlight_offline_reply(progress("greenlight", {}, ROI))
+    none_selected = closing_offline_reply(progress("greenlight", {}, ROI))
     assert "Select the products and the timeframe in the app" in none_selected
 
 
 def test_the_offline_greenlight_reply_without_a_business_case_says_what_it_needs() -> None:
-    reply = greenlight_offline_reply(progress("greenlight", {}, {"laborRate": 35}))
+    reply = closing_offline_reply(progress("greenlight", {}, {"laborRate": 35}))
     assert "$" not in reply
     assert "still needs" in reply
     assert ROI_INPUTS[1].label in reply  # utilization

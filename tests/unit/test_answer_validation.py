@@ -8,10 +8,8 @@ from typing import Any
 
 import pytest
 
-from autopilot_api.schemas.discovery import MAX_TEXT_ANSWER_CHARS
-from autopilot_api.services import answer_validation
-from autopilot_api.services.answer_validation import (
-    InvalidAnswer,
+from autopilot_api.discovery.answers import (
+    EXTRACTION_SCHEMA,
     expected_form,
     parse_answer,
     parse_roi_input,
@@ -19,16 +17,15 @@ from autopilot_api.services.answer_validation import (
     validate_answer,
     validate_roi_input,
 )
-from autopilot_api.services.extraction_constants import (
+from autopilot_api.discovery.catalogue import (
     DISCOVERY_QUESTIONS,
-    EXTRACTION_SCHEMA,
-    MAX_SAFE_INTEGER,
     QUESTION_BY_KEY,
     QUESTION_KEYS_IN_ORDER,
     ROI_INPUT_KEYS,
     ROI_INPUTS,
     DiscoveryQuestion,
 )
+from autopilot_api.discovery.kinds import MAX_SAFE_INTEGER, MAX_TEXT_ANSWER_CHARS, InvalidAnswer
 
 
 class TestCatalogueBounds:
@@ -106,9 +103,7 @@ class TestPlausibleValues:
         with pytest.raises(InvalidAnswer):
             parse_roi_input(key, str(value))
 
-    def test_a_count_past_the_safe_range_is_refused_exactly_not_rounded(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_a_count_past_the_safe_range_is_refused_exactly_not_rounded(self) -> None:
         """2**53 + 1 as a float is 2**53: compared through float() it would pass a bound of
         2**53 and be stored rounded. Compared as the int it is, it is refused."""
         question = DiscoveryQuestion(
@@ -121,16 +116,13 @@ class TestPlausibleValues:
             maximum=float(MAX_SAFE_INTEGER),
             integer=True,
         )
-        monkeypatch.setattr(
-            answer_validation, "QUESTION_BY_KEY", {**QUESTION_BY_KEY, "x": question}
-        )
-        assert validate_answer("x", MAX_SAFE_INTEGER) == MAX_SAFE_INTEGER
+        assert question.validate(MAX_SAFE_INTEGER) == MAX_SAFE_INTEGER
         for beyond in (MAX_SAFE_INTEGER + 2, float(2**53)):
             with pytest.raises(InvalidAnswer):
-                validate_answer("x", beyond)
+                question.validate(beyond)
         with pytest.raises(InvalidAnswer):
-            parse_answer("x", "9007199254740993")
-        assert parse_answer("x", "9007199254740991") == MAX_SAFE_INTEGER
+            question.parse("9007199254740993")
+        assert question.parse("9007199254740991") == MAX_SAFE_INTEGER
 
     def test_a_whole_float_count_is_stored_as_an_int(self) -> None:
         assert validate_answer("floor_headcount", 25.0) == 25

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from autopilot_api.discovery.catalogue import ROI_INPUTS
 from autopilot_api.schemas.discovery import business_case_public
 from autopilot_api.services.business_case import (
     BusinessCase,
@@ -20,7 +21,6 @@ from autopilot_api.services.business_case import (
     summary_sentences,
     usd,
 )
-from autopilot_api.services.extraction_constants import ROI_INPUTS
 
 # The README's worked example (and the offline journey's inputs).
 EXAMPLE = {

@@ -4,7 +4,7 @@ from typing import get_args
 
 import pytest
 
-from autopilot_api.services.extraction_constants import (
+from autopilot_api.discovery.catalogue import (
     DISCOVERY_QUESTIONS,
     PHASE_DISPLAY_NAMES,
     QUESTION_BY_KEY,

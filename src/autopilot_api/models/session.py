@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal, NotRequired, TypedDict
 
-SessionPhase = Literal["discovery", "roi", "greenlight"]
+from autopilot_api.discovery.catalogue import PhaseName
+
+# The catalogue's phases (discovery/catalogue.py PHASES), the labels of autopilot.session_phase.
+SessionPhase = PhaseName
 AnswerSource = Literal["user", "extracted"]
 
 

@@ -11,6 +11,15 @@ from uuid import UUID
 from pydantic import Field, StrictFloat, StrictInt, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from autopilot_api.discovery.catalogue import (
+    DISCOVERY_QUESTIONS,
+    PHASE_DISPLAY_NAMES,
+    QUESTION_KEYS_IN_ORDER,
+    ROI_BY_KEY,
+    DiscoveryQuestion,
+    QuestionGroup,
+)
+from autopilot_api.discovery.kinds import AnswerValue, KindName
 from autopilot_api.models.session import SessionPhase
 from autopilot_api.schemas.common import CamelInput, CamelModel
 from autopilot_api.services.business_case import (
@@ -19,20 +28,10 @@ from autopilot_api.services.business_case import (
     CostBasis,
     compute_business_case,
 )
-from autopilot_api.services.extraction_constants import (
-    DISCOVERY_QUESTIONS,
-    PHASE_DISPLAY_NAMES,
-    ROI_INPUTS,
-    QuestionGroup,
-    QuestionKind,
-)
 
-AnswerValue = str | int | float | bool
-MAX_TEXT_ANSWER_CHARS = 2000
 MAX_METADATA_BYTES = 8192
 MAX_QUESTION_INDEX = 1000
 MAX_SELECTED_PRODUCTS = 100
-QUESTION_KEYS = tuple(question.key for question in DISCOVERY_QUESTIONS)
 
 
 class DiscoveryAnswerSchema(CamelModel):
@@ -58,8 +57,8 @@ class ROIInputsSchema(CamelModel):
 
 
 def _roi_input(key: str) -> Any:
-    """The bounds of the ROI inputs' own catalogue (extraction_constants.ROI_INPUTS)."""
-    spec = next(spec for spec in ROI_INPUTS if spec.key == key)
+    """The bounds of the ROI inputs' own catalogue (discovery/catalogue.py ROI_INPUTS)."""
+    spec = ROI_BY_KEY[key]
     return Field(default=None, ge=spec.minimum, le=spec.maximum, allow_inf_nan=False)
 
 
@@ -104,7 +103,7 @@ class ProgressUpdate(CamelInput):
             dict[str, AnswerInput | None],
             Field(
                 max_length=len(DISCOVERY_QUESTIONS),
-                json_schema_extra={"propertyNames": {"enum": list(QUESTION_KEYS)}},
+                json_schema_extra={"propertyNames": {"enum": list(QUESTION_KEYS_IN_ORDER)}},
             ),
         ]
         | SkipJsonSchema[None]
@@ -290,13 +289,25 @@ class QuestionPublic(CamelModel):
     key: str
     label: str
     group: QuestionGroup
-    kind: QuestionKind
+    kind: KindName
     options: list[str] = Field(description="choice: the only values accepted (any case).")
     unit: str | None
     minimum: float | None = Field(description="number: the smallest value accepted.")
     maximum: float | None = Field(description="number: the largest value accepted.")
     integer: bool = Field(description="number: only whole numbers are accepted (a count).")
     max_length: int | None = Field(description="text: the most characters accepted.")
+
+    @classmethod
+    def from_question(cls, question: DiscoveryQuestion) -> QuestionPublic:
+        """The question as its kind describes it to clients."""
+        return cls(
+            id=question.id,
+            key=question.key,
+            label=question.label,
+            group=question.group,
+            kind=question.kind,
+            **question.answer_kind.public(question),
+        )
 
 
 def lifecycle_status(row: Mapping[str, Any]) -> SessionStatus:

@@ -18,6 +18,9 @@ from openai import AsyncOpenAI
 from autopilot_api.core.config import Settings
 from autopilot_api.core.errors import ModelUnavailableError
 from autopilot_api.core.metrics import MODEL_SECONDS
+from autopilot_api.discovery.answers import retry_note
+from autopilot_api.discovery.catalogue import STEP_BY_ASKED, next_step
+from autopilot_api.discovery.kinds import InvalidAnswer
 from autopilot_api.models.auth import UserContext
 from autopilot_api.models.conversation import Conversation, Message
 from autopilot_api.models.session import SessionPhase
@@ -28,20 +31,8 @@ from autopilot_api.schemas.discovery import (
     ROIInputsUpdate,
     SessionUpdate,
 )
-from autopilot_api.services.agent_prompts import greenlight_offline_reply, messages_for_model
-from autopilot_api.services.answer_validation import (
-    ROI_BY_KEY,
-    InvalidAnswer,
-    expected_form,
-    parse_answer,
-    parse_roi_input,
-)
+from autopilot_api.services.agent_prompts import closing_offline_reply, messages_for_model
 from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
-from autopilot_api.services.extraction_constants import (
-    QUESTION_BY_KEY,
-    next_missing_roi_input,
-    next_unanswered_question,
-)
 from autopilot_api.services.model_budget import (
     ModelBudget,
     Reservation,
@@ -81,21 +72,6 @@ class AgentReply:
 
 def _word_pieces(text: str) -> list[str]:
     return re.findall(r"\S+\s*", text) or [text]
-
-
-def _label(asked: str) -> str:
-    """The question behind an `asked` marker: a question key, or "roi:<key>"."""
-    if asked.startswith("roi:"):
-        return ROI_BY_KEY[asked.removeprefix("roi:")].label
-    return QUESTION_BY_KEY[asked].label
-
-
-def _retry_note(key: str) -> str:
-    """Why the same question comes again, and the form an answer takes."""
-    question = QUESTION_BY_KEY.get(key)
-    if question is not None and question.kind == "boolean":
-        return "Please answer yes or no. "
-    return f"I could not use that: I need {expected_form(key)}. "
 
 
 class AgentService:
@@ -239,23 +215,24 @@ class AgentService:
         visitor_text = history[-1]["content"] if history and history[-1]["role"] == "user" else ""
 
         # The same validator as PUT, after a lenient read of what people type ("50k", "yes");
-        # what does not fit is asked again, with the form it should take.
-        if asked is not None:
+        # what does not fit is asked again, with the form it should take. A step the
+        # catalogue no longer has is not recorded: the next one is asked.
+        step = STEP_BY_ASKED.get(asked) if asked is not None else None
+        if step is not None:
             try:
-                if asked in QUESTION_BY_KEY and visitor_text.strip():
-                    value = parse_answer(asked, visitor_text)
+                if step.store == "answers" and visitor_text.strip():
+                    value = step.parse(visitor_text)
                     progress = await self._record(
-                        owner, ProgressUpdate(answers={asked: AnswerInput(value=value)})
+                        owner, ProgressUpdate(answers={step.key: AnswerInput(value=value)})
                     )
-                elif asked.startswith("roi:"):
-                    key = asked.removeprefix("roi:")
-                    number = parse_roi_input(key, visitor_text)
+                elif step.store == "roi_inputs":
+                    number = step.parse(visitor_text)
                     progress = await self._record(
-                        owner, ProgressUpdate(roi_inputs=ROIInputsUpdate(**{key: number}))
+                        owner, ProgressUpdate(roi_inputs=ROIInputsUpdate(**{step.key: number}))
                     )
-            except InvalidAnswer as invalid:
-                reply.metadata = {"asked": asked}
-                return self._pieces(_retry_note(invalid.key) + _label(asked))
+            except InvalidAnswer:
+                reply.metadata = {"asked": step.asked}
+                return self._pieces(retry_note(step.asked) + step.label)
 
         text, asked_next = self._next_step(progress)
         reply.metadata = {"asked": asked_next} if asked_next else {}
@@ -263,18 +240,18 @@ class AgentService:
 
     @staticmethod
     def _next_step(progress: Mapping[str, Any]) -> tuple[str, str | None]:
-        """What to ask next, as the opening does: the first unanswered question, then the
-        first missing ROI input, then the business case. The phase is SQL's to move (when
-        the answer that completes one is stored), never the agent's."""
-        if progress["phase"] == "discovery":
-            question = next_unanswered_question((progress.get("answers") or {}).keys())
-            if question is not None:
-                return question.label, question.key
-        if progress["phase"] in ("discovery", "roi"):
-            spec = next_missing_roi_input((progress.get("roi_inputs") or {}).keys())
-            if spec is not None:
-                return spec.label, f"roi:{spec.key}"
-        return greenlight_offline_reply(progress), None
+        """What to ask next, as the opening does: the first step not stored, from the
+        owner's phase on (the questions, then the ROI inputs), then the business case. The
+        phase is SQL's to move (when the answer that completes one is stored), never the
+        agent's."""
+        step = next_step(
+            progress["phase"],
+            answers=(progress.get("answers") or {}).keys(),
+            roi_inputs=(progress.get("roi_inputs") or {}).keys(),
+        )
+        if step is not None:
+            return step.label, step.asked
+        return closing_offline_reply(progress), None
 
     @staticmethod
     def _last_asked(history: list[Message]) -> str | None:

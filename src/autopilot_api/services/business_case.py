@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Context, Decimal, localcontext
 from typing import Any, Final, Literal
 
-from autopilot_api.services.extraction_constants import ROI_INPUT_KEYS
+from autopilot_api.discovery.catalogue import ROI_INPUT_KEYS
 
 CostBasis = Literal["statedSpend", "hoursTimesRate"]
 

@@ -8,13 +8,12 @@ from supabase import AsyncClient
 
 from autopilot_api.core.security import hash_session_token
 from autopilot_api.core.supabase import call_rpc
+from autopilot_api.discovery.answers import catalogue_rules
 from autopilot_api.models.auth import UserContext
 from autopilot_api.models.discovery_profile import ClaimOutcome, DiscoveryProfile
 from autopilot_api.schemas.discovery import DiscoveryProfileUpdate
-from autopilot_api.services.answer_validation import catalogue_rules
 from autopilot_api.services.event_bus import EventBus, profile_subject, session_subject
-from autopilot_api.services.phases import phase_keys_for
-from autopilot_api.services.progress import build_progress_patch
+from autopilot_api.services.progress import build_progress_patch, phase_keys_for
 
 
 class DiscoveryProfileService:

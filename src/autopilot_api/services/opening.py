@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from autopilot_api.services.extraction_constants import DISCOVERY_QUESTIONS, ROI_INPUTS
+from autopilot_api.discovery.catalogue import PHASES
 
 OPENING_GREETING: Final = (
     "Hi, I'm Autopilot. A few questions will tell us whether automation pays off for your facility."
@@ -21,10 +21,13 @@ OPENING_DONE: Final = (
     "Your business case is ready: review the selected products and timeframe, then " + CHECKOUT_STEP
 )
 
-# The p_opening argument of autopilot.create_conversation: the catalogue in asking order.
+# The p_opening argument of autopilot.create_conversation: what each phase asks, in order.
 OPENING_STEPS: Final[dict[str, Any]] = {
     "greeting": OPENING_GREETING,
     "done": OPENING_DONE,
-    "discovery": [{"key": q.key, "asked": q.key, "text": q.label} for q in DISCOVERY_QUESTIONS],
-    "roi": [{"key": s.key, "asked": f"roi:{s.key}", "text": s.label} for s in ROI_INPUTS],
+    "steps": [
+        {"phase": phase.name, "key": step.key, "asked": step.asked, "text": step.label}
+        for phase in PHASES
+        for step in phase.asks
+    ],
 }

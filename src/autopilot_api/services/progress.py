@@ -6,14 +6,22 @@ key happens in SQL (autopilot_private.apply_patch), never read-modify-write here
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from autopilot_api.core.errors import ValidationFailedError, field_error
+from autopilot_api.discovery.answers import validate_answer
+from autopilot_api.discovery.catalogue import PHASE_KEYS, QUESTION_BY_KEY
+from autopilot_api.discovery.kinds import AnswerValue, InvalidAnswer
 from autopilot_api.models.session import AnswerSource, DiscoveryAnswer, ROIInputEntry
-from autopilot_api.schemas.discovery import AnswerValue, ProgressUpdate
-from autopilot_api.services.answer_validation import InvalidAnswer, validate_answer
-from autopilot_api.services.extraction_constants import QUESTION_BY_KEY
+from autopilot_api.schemas.discovery import ProgressUpdate
+
+
+def phase_keys_for(patch: Mapping[str, Any]) -> dict[str, list[str]] | None:
+    """The p_phase_keys of a write (discovery/catalogue.py PHASE_KEYS): only a patch that
+    stores answers or ROI inputs can complete a phase, the others need not carry them."""
+    return PHASE_KEYS if patch.get("answers_set") or patch.get("roi_set") else None
 
 
 def utc_now_iso() -> str:

@@ -28,8 +28,7 @@ from autopilot_api.models.session import ResolvedSession, Session
 from autopilot_api.schemas.discovery import SessionUpdate
 from autopilot_api.services.discovery_profile_service import DiscoveryProfileService
 from autopilot_api.services.event_bus import EventBus, session_subject
-from autopilot_api.services.phases import phase_keys_for
-from autopilot_api.services.progress import build_progress_patch
+from autopilot_api.services.progress import build_progress_patch, phase_keys_for
 from autopilot_api.services.rate_limiter import RateLimiter, client_bucket
 from autopilot_api.services.write_limits import WriteLimits, caller_key
 

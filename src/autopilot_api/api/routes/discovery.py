@@ -15,34 +15,18 @@ from autopilot_api.api.deps import (
 )
 from autopilot_api.api.json_body import JSONBodyRoute
 from autopilot_api.api.openapi import PUBLIC, SIGNED_IN
+from autopilot_api.discovery.catalogue import DISCOVERY_QUESTIONS
 from autopilot_api.schemas.common import error_responses, header_docs
 from autopilot_api.schemas.discovery import (
-    MAX_TEXT_ANSWER_CHARS,
     DiscoveryProfileResponse,
     DiscoveryProfileUpdate,
     QuestionPublic,
     discovery_profile_response,
 )
-from autopilot_api.services.extraction_constants import DISCOVERY_QUESTIONS
 
 router = APIRouter(tags=["discovery"], route_class=JSONBodyRoute)
 
-_QUESTIONS = [
-    QuestionPublic(
-        id=question.id,
-        key=question.key,
-        label=question.label,
-        group=question.group,
-        kind=question.kind,
-        options=list(question.options),
-        unit=question.unit,
-        minimum=question.minimum,
-        maximum=question.maximum,
-        integer=question.integer,
-        max_length=MAX_TEXT_ANSWER_CHARS if question.kind == "text" else None,
-    )
-    for question in DISCOVERY_QUESTIONS
-]
+_QUESTIONS = [QuestionPublic.from_question(question) for question in DISCOVERY_QUESTIONS]
 
 
 @router.get(
