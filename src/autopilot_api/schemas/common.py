@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, StrictInt
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 from pydantic.alias_generators import to_camel
 
 # Patterns a client can fail, each with what it expects in plain words (a 422 says the words,
@@ -40,8 +40,10 @@ def _whole_number(value: object) -> object:
     return value
 
 
-# A body's integer: 20 or 20.0, never "20", true or 20.5.
-JsonInt = Annotated[StrictInt, BeforeValidator(_whole_number)]
+# Last in a body integer's annotations, after its bounds (so they stay JSON Schema's
+# minimum and maximum): `Annotated[StrictInt, Field(ge=0), WholeNumber]` takes 20 or 20.0,
+# never "20", true or 20.5.
+WholeNumber = BeforeValidator(_whole_number)
 
 
 def is_blank(text: str) -> bool:
