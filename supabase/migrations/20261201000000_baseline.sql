@@ -91,7 +91,7 @@ create table autopilot.session_events (
   profile_id uuid,
   event_type text not null check (event_type in (
     'created', 'updated', 'phase_changed', 'completed', 'claimed', 'extracted', 'deleted',
-    'expired')),
+    'expired', 'token_rotated')),
   actor_type text not null check (actor_type in ('user', 'session', 'system')),
   actor_id text,
   payload jsonb not null default '{}'::jsonb check (jsonb_typeof(payload) = 'object'),
@@ -908,6 +908,11 @@ create table autopilot.sessions (
   id uuid primary key default gen_random_uuid(),
   -- SHA-256 (hex) of the cookie token; the token itself is never stored.
   token_hash text not null unique check (token_hash ~ '^[0-9a-f]{64}$'),
+  -- The token this one replaced (POST /sessions with a live cookie), still accepted until
+  -- previous_token_expires_at: requests already under way with it, or a second tab, keep
+  -- the session. It never slides the expiry or re-issues the cookie.
+  previous_token_hash text unique check (previous_token_hash ~ '^[0-9a-f]{64}$'),
+  previous_token_expires_at timestamptz,
   -- The newest conversation (foreign key in 50_conversations.sql).
   conversation_id uuid,
   current_question_index integer not null default 0 check (current_question_index >= 0),
@@ -981,10 +986,32 @@ revoke all on function autopilot.create_session(text, integer, jsonb)
   from public, anon, authenticated;
 grant execute on function autopilot.create_session(text, integer, jsonb) to service_role;
 
+-- The live session a cookie token names: by its current token, or by the one that token
+-- replaced while that one's grace lasts. One rule for every reader of a cookie.
+create or replace function autopilot_private.session_for_token(p_token_hash text)
+returns uuid
+language sql
+stable
+set search_path = ''
+as $$
+  select id from (
+    select id from autopilot.sessions
+     where token_hash = p_token_hash
+    union all
+    select id from autopilot.sessions
+     where previous_token_hash = p_token_hash and previous_token_expires_at > now()
+  ) named
+  limit 1
+$$;
+revoke all on function autopilot_private.session_for_token(text)
+  from public, anon, authenticated;
+grant execute on function autopilot_private.session_for_token(text) to service_role;
+
 -- The hot path: find a live session by token hash and slide it. last_seen_at moves at
 -- most once a minute; expires_at at most once a day, so the cookie (re-issued when the
 -- expiry moves, flagged by expiry_extended) is re-issued at most once a day. Claimed or
--- expired sessions are not found (null).
+-- expired sessions are not found (null). A replaced token still in its grace finds the
+-- session and moves nothing: the cookie it came with is not re-issued.
 create or replace function autopilot.resolve_session(
   p_token_hash text, p_lifetime_seconds integer
 ) returns jsonb
@@ -997,11 +1024,12 @@ declare
   extend boolean := false;
 begin
   select * into s from autopilot.sessions
-   where token_hash = p_token_hash and claimed_by_profile_id is null and expires_at > now();
+   where id = autopilot_private.session_for_token(p_token_hash)
+     and claimed_by_profile_id is null and expires_at > now();
   if not found then
     return null;
   end if;
-  if s.last_seen_at < now() - interval '1 minute' then
+  if s.token_hash = p_token_hash and s.last_seen_at < now() - interval '1 minute' then
     extend := s.expires_at < now() + lifetime - interval '1 day';
     update autopilot.sessions
        set last_seen_at = now(),
@@ -1015,6 +1043,46 @@ $$;
 revoke all on function autopilot.resolve_session(text, integer)
   from public, anon, authenticated;
 grant execute on function autopilot.resolve_session(text, integer) to service_role;
+
+-- POST /sessions with a live cookie: the same session under a new token (no session
+-- fixation); the replaced one is accepted p_grace_seconds more. Sent with a token already
+-- replaced (a second tab, a retry), nothing changes and rotated is false: the token issued
+-- first stands. Null when the token names no live session.
+create or replace function autopilot.rotate_session_token(
+  p_token_hash text, p_new_token_hash text, p_grace_seconds integer
+) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  s autopilot.sessions;
+begin
+  select * into s from autopilot.sessions
+   where token_hash = p_token_hash and claimed_by_profile_id is null and expires_at > now()
+  for update;
+  if not found then
+    select * into s from autopilot.sessions
+     where id = autopilot_private.session_for_token(p_token_hash)
+       and claimed_by_profile_id is null and expires_at > now();
+    if not found then
+      return null;
+    end if;
+    return to_jsonb(s) || jsonb_build_object('rotated', false);
+  end if;
+  update autopilot.sessions
+     set previous_token_hash = token_hash,
+         previous_token_expires_at = now() + make_interval(secs => p_grace_seconds),
+         token_hash = p_new_token_hash,
+         last_seen_at = now()
+   where id = s.id
+  returning * into s;
+  perform autopilot_private.record_event(s.id, null, 'token_rotated', 'session', s.id::text);
+  return to_jsonb(s) || jsonb_build_object('rotated', true);
+end
+$$;
+revoke all on function autopilot.rotate_session_token(text, text, integer)
+  from public, anon, authenticated;
+grant execute on function autopilot.rotate_session_token(text, text, integer) to service_role;
 
 -- A PUT: lock, check the version (If-Match), apply the patch, bump version. One statement
 -- per call, so concurrent PUTs on different keys never lose each other. The merged
@@ -1110,13 +1178,15 @@ declare
   extend boolean;
 begin
   select id into sid from autopilot.sessions
-   where token_hash = p_token_hash and claimed_by_profile_id is null and expires_at > now();
+   where id = autopilot_private.session_for_token(p_token_hash)
+     and claimed_by_profile_id is null and expires_at > now();
   if not found then
     return null;
   end if;
   s := autopilot.update_session_progress(sid, p_patch, p_expected_version,
                                          p_metadata_max_bytes, p_phase_keys);
-  extend := s.expires_at < now() + lifetime - interval '1 day';
+  extend := s.token_hash = p_token_hash
+            and s.expires_at < now() + lifetime - interval '1 day';
   if extend then
     update autopilot.sessions set expires_at = now() + lifetime where id = sid
     returning * into s;
@@ -1489,7 +1559,8 @@ grant execute on function autopilot.create_conversation(uuid, uuid, text, jsonb,
 -- Messages
 ------------------------------------------------------------------------------------------
 -- Store a user message. With an Idempotency-Key already used in this conversation,
--- nothing is stored: the first message and its reply (if any) come back instead. At
+-- nothing is stored: the first message and its reply (if any) come back instead, or 422
+-- idempotency_key_reused when the key came with other text (the first turn stands). At
 -- p_max_messages user messages the conversation is full (422 conversation_full; each has at
 -- most one reply, so it holds at most 2 * p_max_messages + 1 messages with its opening).
 -- A retry with a used key is answered before the cap: it stores nothing.
@@ -1509,6 +1580,11 @@ begin
     select * into m from autopilot.messages
      where conversation_id = p_conversation_id and idempotency_key = p_idempotency_key;
     if found then
+      if m.content <> p_content then
+        perform autopilot_private.fail(422, 'idempotency_key_reused',
+          'This Idempotency-Key was used with a different message; send a new key with a '
+          'new message.');
+      end if;
       select * into reply from autopilot.messages
        where reply_to = m.id and role = 'assistant' order by created_at desc limit 1;
       return jsonb_build_object('message', to_jsonb(m), 'replayed', true,
@@ -2402,7 +2478,9 @@ declare
   merged autopilot_private.progress;
   moved integer := 0;
 begin
-  select * into s from autopilot.sessions where token_hash = p_token_hash for update;
+  -- A claimed session keeps its token hash: the same user claiming again finds it.
+  select * into s from autopilot.sessions
+   where id = autopilot_private.session_for_token(p_token_hash) for update;
   if not found or (s.claimed_by_profile_id is null and s.expires_at <= now()) then
     perform autopilot_private.fail(404, 'session_not_found', 'No session to claim.');
   end if;

@@ -9,7 +9,7 @@ create table autopilot.session_events (
   profile_id uuid,
   event_type text not null check (event_type in (
     'created', 'updated', 'phase_changed', 'completed', 'claimed', 'extracted', 'deleted',
-    'expired')),
+    'expired', 'token_rotated')),
   actor_type text not null check (actor_type in ('user', 'session', 'system')),
   actor_id text,
   payload jsonb not null default '{}'::jsonb check (jsonb_typeof(payload) = 'object'),

@@ -213,7 +213,8 @@ grant execute on function autopilot.create_conversation(uuid, uuid, text, jsonb,
 -- Messages
 ------------------------------------------------------------------------------------------
 -- Store a user message. With an Idempotency-Key already used in this conversation,
--- nothing is stored: the first message and its reply (if any) come back instead. At
+-- nothing is stored: the first message and its reply (if any) come back instead, or 422
+-- idempotency_key_reused when the key came with other text (the first turn stands). At
 -- p_max_messages user messages the conversation is full (422 conversation_full; each has at
 -- most one reply, so it holds at most 2 * p_max_messages + 1 messages with its opening).
 -- A retry with a used key is answered before the cap: it stores nothing.
@@ -233,6 +234,11 @@ begin
     select * into m from autopilot.messages
      where conversation_id = p_conversation_id and idempotency_key = p_idempotency_key;
     if found then
+      if m.content <> p_content then
+        perform autopilot_private.fail(422, 'idempotency_key_reused',
+          'This Idempotency-Key was used with a different message; send a new key with a '
+          'new message.');
+      end if;
       select * into reply from autopilot.messages
        where reply_to = m.id and role = 'assistant' order by created_at desc limit 1;
       return jsonb_build_object('message', to_jsonb(m), 'replayed', true,

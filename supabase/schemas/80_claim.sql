@@ -44,7 +44,9 @@ declare
   merged autopilot_private.progress;
   moved integer := 0;
 begin
-  select * into s from autopilot.sessions where token_hash = p_token_hash for update;
+  -- A claimed session keeps its token hash: the same user claiming again finds it.
+  select * into s from autopilot.sessions
+   where id = autopilot_private.session_for_token(p_token_hash) for update;
   if not found or (s.claimed_by_profile_id is null and s.expires_at <= now()) then
     perform autopilot_private.fail(404, 'session_not_found', 'No session to claim.');
   end if;

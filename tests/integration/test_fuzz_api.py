@@ -56,6 +56,9 @@ def fuzz_service(
         SESSION_CREATE_LIMIT_PER_HOUR="100000000",
         MESSAGE_RATE_LIMIT_PER_MINUTE="100000000",
         SESSION_WRITE_LIMIT_PER_MINUTE="100000000",
+        # schemathesis sends the one cookie it was given and ignores Set-Cookie: after a
+        # POST /sessions rotated it, that token must outlive the run (at most 3600 s).
+        SESSION_TOKEN_GRACE_SECONDS="3600",
         LOG_LEVEL="ERROR",
     )
     try:

@@ -159,6 +159,7 @@ class Settings(BaseSettings):
     session_cookie_samesite: Literal["lax", "strict", "none"] = "lax"
     session_expiry_days: int = Field(default=30, ge=1, le=400)
     session_create_limit_per_hour: int = Field(default=30, ge=1)
+    session_token_grace_seconds: int = Field(default=60, ge=1, le=3600)
     session_cleanup_interval_seconds: int = Field(default=3600, ge=0)
     session_cleanup_batch_size: int = Field(default=500, ge=1, le=10_000)
     session_metadata_max_bytes: int = Field(default=64 * 1024, ge=1024, le=1024 * 1024)

@@ -3,10 +3,12 @@ headers the API sends, and base models."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from typing import Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 from pydantic.alias_generators import to_camel
 
 # Patterns a client can fail, each with what it expects in plain words (a 422 says the words,
@@ -16,12 +18,49 @@ from pydantic.alias_generators import to_camel
 _ENTITY_TAG = r'(W/)?"(v[0-9]{0,18}([^"0-9][^"]*)?|[^"v][^"]*)?"'
 IF_MATCH_PATTERN = rf"^\s*(\*|{_ENTITY_TAG}(\s*,\s*{_ENTITY_TAG})*)\s*$"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"
-NOT_BLANK_PATTERN = r"\S"
+# Blank: nothing but characters some engine counts as white space. Spelled out, because
+# `\s` differs between JavaScript (a client checking the schema), Rust (pydantic) and Python
+# (U+001C-U+001F, U+0085, U+FEFF): every one of them reads this class the same way.
+_SPACE_LIKE = (
+    r"\t\n\x0b\x0c\r \x1c-\x1f\x85\xa0\u1680\u180e\u2000-\u200b"
+    r"\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+NOT_BLANK_PATTERN = rf"[^{_SPACE_LIKE}]"
 PATTERN_HINTS: dict[str, str] = {
     IF_MATCH_PATTERN: 'must be a quoted version like "v3" (the ETag of your last read), or *',
     TIMESTAMP_PATTERN: "must be an ISO 8601 timestamp like 2026-01-31T12:00:00Z",
     NOT_BLANK_PATTERN: "must not be blank",
 }
+
+
+def _whole_number(value: object) -> object:
+    """20.0 → 20: JSON Schema counts a whole-number float as an integer, and so do we."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Last in a body integer's annotations, after its bounds (so they stay JSON Schema's
+# minimum and maximum): `Annotated[StrictInt, Field(ge=0), WholeNumber]` takes 20 or 20.0,
+# never "20", true or 20.5.
+WholeNumber = BeforeValidator(_whole_number)
+
+
+def is_blank(text: str) -> bool:
+    return re.search(NOT_BLANK_PATTERN, text) is None
+
+
+def _a_real_timestamp(value: str) -> str:
+    # The pattern admits 2026-02-30T25:00:00Z; Postgres would refuse it after a round trip.
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(PATTERN_HINTS[TIMESTAMP_PATTERN]) from None
+    return value
+
+
+# A timestamp as the API writes them (ISO 8601 with an offset), that exists on a calendar.
+Timestamp = Annotated[str, AfterValidator(_a_real_timestamp)]
 
 
 class CamelModel(BaseModel):

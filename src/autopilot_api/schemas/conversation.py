@@ -10,7 +10,7 @@ from uuid import UUID
 from pydantic import Field
 
 from autopilot_api.models.session import SessionPhase
-from autopilot_api.schemas.common import CamelInput, CamelModel
+from autopilot_api.schemas.common import NOT_BLANK_PATTERN, CamelInput, CamelModel
 
 
 class ConversationCreate(CamelInput):
@@ -38,7 +38,11 @@ class ConversationPublic(CamelModel):
 
 
 class MessageCreate(CamelInput):
-    content: str = Field(min_length=1, description="The visitor's message.")
+    content: str = Field(
+        min_length=1,
+        pattern=NOT_BLANK_PATTERN,
+        description="The visitor's message: not blank (white space alone).",
+    )
 
 
 class TokenUsage(CamelModel):

@@ -21,7 +21,7 @@ from autopilot_api.discovery.catalogue import (
 )
 from autopilot_api.discovery.kinds import AnswerValue, KindName
 from autopilot_api.models.session import SessionPhase
-from autopilot_api.schemas.common import CamelInput, CamelModel
+from autopilot_api.schemas.common import CamelInput, CamelModel, WholeNumber
 from autopilot_api.services.business_case import (
     MAINTENANCE_DEFINITION,
     BusinessCase,
@@ -115,7 +115,7 @@ class ProgressUpdate(CamelInput):
     roi_inputs: ROIInputsUpdate | SkipJsonSchema[None] = None
     phase: SessionPhase | SkipJsonSchema[None] = None
     current_question_index: (
-        Annotated[StrictInt, Field(ge=0, le=MAX_QUESTION_INDEX)] | SkipJsonSchema[None]
+        Annotated[StrictInt, Field(ge=0, le=MAX_QUESTION_INDEX), WholeNumber] | SkipJsonSchema[None]
     ) = None
     selected_product_ids: (
         Annotated[list[UUID], Field(max_length=MAX_SELECTED_PRODUCTS)] | SkipJsonSchema[None]

@@ -20,6 +20,7 @@ EventType = Literal[
     "extraction.completed",
     "deleted",
     "expired",
+    "token_rotated",
     # Not stored: sent instead of a silent gap when Last-Event-ID is older than the
     # retained history (AUDIT_EVENT_RETENTION_DAYS); the client reloads its state.
     "reset",

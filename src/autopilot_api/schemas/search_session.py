@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 from pydantic import Field, StrictInt, StringConstraints
 
-from autopilot_api.schemas.common import NOT_BLANK_PATTERN, CamelInput, CamelModel
+from autopilot_api.schemas.common import NOT_BLANK_PATTERN, CamelInput, CamelModel, WholeNumber
 
 MAX_COMPANIES = 10_000
 MAX_IDS_PER_CALL = 10_000
 # Ids the SPA can hold exactly: JavaScript numbers are exact up to 2**53 - 1.
-EmployeeId = Annotated[StrictInt, Field(ge=0, le=2**53 - 1)]
+EmployeeId = Annotated[StrictInt, Field(ge=0, le=2**53 - 1), WholeNumber]
 CompanyName = Annotated[
     str,
     StringConstraints(
@@ -24,7 +24,7 @@ CompanyName = Annotated[
 class SearchSessionCreate(CamelInput):
     search_query: dict[str, Any] = Field(description="The original query, kept as given.")
     companies: list[CompanyName] = Field(min_length=1, max_length=MAX_COMPANIES)
-    batch_size: StrictInt = Field(default=5, ge=1, le=100)
+    batch_size: Annotated[StrictInt, Field(ge=1, le=100), WholeNumber] = 5
 
 
 class SearchSessionCreated(CamelModel):
@@ -45,7 +45,7 @@ class EmployeeIds(CamelInput):
 
 
 class FetchedIds(EmployeeIds):
-    cache_hits: StrictInt = Field(default=0, ge=0, le=MAX_IDS_PER_CALL)
+    cache_hits: Annotated[StrictInt, Field(ge=0, le=MAX_IDS_PER_CALL), WholeNumber] = 0
 
 
 class DiscoveredResult(CamelModel):

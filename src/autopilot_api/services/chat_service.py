@@ -86,11 +86,6 @@ class ChatService:
                 f"A message may have at most {self._settings.message_max_chars} characters.",
                 details=[field_error(["body", "content"], "too long", "too_long")],
             )
-        if not content.strip():
-            raise ValidationFailedError(
-                "A message cannot be blank.",
-                details=[field_error(["body", "content"], "blank", "blank")],
-            )
         owner = await self._owner(conversation, auth)
         spender = Spender.of(
             session_id=owner.session_id,

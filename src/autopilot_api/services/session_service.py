@@ -99,6 +99,29 @@ class SessionService:
         await self._bus.publish(session_subject(session["id"]))
         return session, token
 
+    async def rotate_session_token(
+        self, *, session_id: UUID, token: str
+    ) -> tuple[ResolvedSession, str | None] | None:
+        """The cookie's session under a new token (returned, for the cookie), or with None
+        when this token was already replaced (the first new token stands); None when the
+        token names no live session. The replaced token lasts SESSION_TOKEN_GRACE_SECONDS."""
+        await self._limits.write(caller=caller_key(user_id=None, session_id=session_id))
+        new_token = generate_session_token()
+        row = await call_rpc(
+            self._supabase,
+            "rotate_session_token",
+            {
+                "p_token_hash": hash_session_token(token),
+                "p_new_token_hash": hash_session_token(new_token),
+                "p_grace_seconds": self._settings.session_token_grace_seconds,
+            },
+        )
+        if not row:
+            return None
+        await self._bus.publish(session_subject(row["id"]))
+        session = cast(ResolvedSession, {**row, "expiry_extended": False})
+        return session, new_token if row.get("rotated") else None
+
     async def get_session_by_token(self, *, token: str) -> ResolvedSession | None:
         """The live session for a cookie token (sliding its expiry), or None."""
         if not _TOKEN_SHAPE.match(token):

@@ -30,7 +30,14 @@ def _remaining_seconds(expires_at: str) -> int:
 def set_session_cookie(
     response: Response, settings: Settings, *, token: str, expires_at: str
 ) -> None:
-    """Set (or re-issue) the cookie; Max-Age is the session's remaining lifetime."""
+    """Set (or re-issue) the cookie; Max-Age is the session's remaining lifetime. It
+    replaces one set earlier in the same request (a re-issue, then a new token)."""
+    prefix = f"{settings.session_cookie_name}=".encode("latin-1")
+    response.raw_headers[:] = [
+        (name, value)
+        for name, value in response.raw_headers
+        if not (name == b"set-cookie" and value.startswith(prefix))
+    ]
     response.set_cookie(
         key=settings.session_cookie_name,
         value=token,

@@ -28,6 +28,7 @@ from autopilot_api.schemas.common import (
     TIMESTAMP_PATTERN,
     CamelModel,
     ErrorResponse,
+    Timestamp,
     error_responses,
     header_docs,
 )
@@ -127,7 +128,7 @@ async def get_conversation(
     conversations: ConversationServiceDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: Annotated[
-        str | None,
+        Timestamp | None,
         Query(
             description="nextBefore of the previous page (an ISO 8601 timestamp).",
             pattern=TIMESTAMP_PATTERN,
@@ -204,7 +205,13 @@ async def post_message(
     background: BackgroundTasks,
     idempotency_key: Annotated[
         str | None,
-        Header(max_length=200, description="A retry with the same key returns the first reply."),
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            description="A retry with the same key returns the first reply; the same key "
+            "with other text → 422 idempotency_key_reused (the first turn stands).",
+        ),
     ] = None,
 ) -> Any:
     """Stores the message, runs the agent, stores the reply; extraction runs afterwards."""

@@ -51,10 +51,13 @@ _SIGNED_IN = (
         },
         200: {
             "model": SessionResponse,
-            "description": "A valid cookie was sent (with or without a bearer): same session",
-            "headers": header_docs("ETag"),
+            "description": "A valid cookie was sent (with or without a bearer): the same "
+            "session under a new cookie token; the one sent lasts SESSION_TOKEN_GRACE_SECONDS "
+            "more (no cookie is set when that token was already replaced: the first new one "
+            "stands)",
+            "headers": header_docs("ETag", optional=["Set-Cookie"]),
         },
-        **error_responses(401, 403, 429, 503),
+        **error_responses(401, 403, 404, 429, 503),
         409: error_response(409, _SIGNED_IN),
     },
     openapi_extra=security(NO_CREDENTIAL, SESSION_COOKIE),
@@ -62,14 +65,22 @@ _SIGNED_IN = (
 async def create_session(
     request: Request, response: Response, auth: SessionCaller, sessions: SessionServiceDep
 ) -> SessionResponse:
-    """Sets the session cookie; a valid cookie returns its session; a bearer alone → 409."""
+    """Sets the session cookie; a valid cookie resumes its session under a new token."""
     settings = sessions.settings
     if auth.session is not None:
-        response.status_code = status.HTTP_200_OK
-        set_etag(response, auth.session.session)
-        return SessionResponse.from_row(
-            auth.session.session, recovery_window_days=settings.recovery_window_days
+        rotated = await sessions.rotate_session_token(
+            session_id=auth.session.session_id, token=auth.session.session_token
         )
+        if rotated is None:  # ended between resolving the cookie and now
+            raise SessionNotFoundError()
+        session, new_token = rotated
+        if new_token is not None:
+            set_session_cookie(
+                response, settings, token=new_token, expires_at=session["expires_at"]
+            )
+        response.status_code = status.HTTP_200_OK
+        set_etag(response, session)
+        return SessionResponse.from_row(session, recovery_window_days=settings.recovery_window_days)
     if auth.user is not None:
         raise SignedInNoAnonymousSessionError()
     created, token = await sessions.create_session(client_ip=client_ip(request, settings))
