@@ -42,6 +42,13 @@ async def new_conversation(client: httpx.AsyncClient) -> str:
     return conversation_id
 
 
+async def fresh_conversation(client: httpx.AsyncClient) -> tuple[str, str]:
+    """A new visitor's conversation: its id and the path messages are posted to."""
+    await start_session(client)
+    conversation_id = await new_conversation(client)
+    return conversation_id, f"/api/v1/conversations/{conversation_id}/messages"
+
+
 async def stored_user_messages(rest: httpx.AsyncClient, conversation_id: str) -> list[str]:
     response = await rest.get(
         "/messages",
@@ -238,9 +245,7 @@ class TestMessageIdempotencyKey:
     async def test_a_key_reused_with_other_text_is_refused_and_the_first_turn_stands(
         self, client: httpx.AsyncClient, rest: httpx.AsyncClient
     ) -> None:
-        await start_session(client)
-        conversation_id = await new_conversation(client)
-        path = f"/api/v1/conversations/{conversation_id}/messages"
+        conversation_id, path = await fresh_conversation(client)
         key = {"Idempotency-Key": str(uuid.uuid4())}
         first = await client.post(path, json={"content": "We run two shifts"}, headers=key)
         assert first.status_code == 201, first.text
@@ -253,9 +258,7 @@ class TestMessageIdempotencyKey:
     async def test_the_same_key_and_text_replays_the_first_turn(
         self, client: httpx.AsyncClient, rest: httpx.AsyncClient
     ) -> None:
-        await start_session(client)
-        conversation_id = await new_conversation(client)
-        path = f"/api/v1/conversations/{conversation_id}/messages"
+        conversation_id, path = await fresh_conversation(client)
         key = {"Idempotency-Key": str(uuid.uuid4())}
         first = await client.post(path, json={"content": "We run two shifts"}, headers=key)
         again = await client.post(path, json={"content": "We run two shifts"}, headers=key)
@@ -267,9 +270,7 @@ class TestMessageIdempotencyKey:
     async def test_concurrent_retries_with_other_text_store_one_message(
         self, client: httpx.AsyncClient, rest: httpx.AsyncClient
     ) -> None:
-        await start_session(client)
-        conversation_id = await new_conversation(client)
-        path = f"/api/v1/conversations/{conversation_id}/messages"
+        conversation_id, path = await fresh_conversation(client)
         key = {"Idempotency-Key": str(uuid.uuid4())}
         answers = await asyncio.gather(
             *(client.post(path, json={"content": f"text {n}"}, headers=key) for n in range(4))
