@@ -145,7 +145,9 @@ class TestMessagePageCursor:
             f"/api/v1/conversations/{conversation_id}", params={"before": before}
         )
         assert fields_of(response) == ["query before"]
-        assert "ISO 8601" in response.json()["error"]["details"][0]["msg"]
+        assert response.json()["error"]["details"][0]["msg"] == (
+            "before must be an ISO 8601 timestamp like 2026-01-31T12:00:00Z"
+        )
 
     async def test_the_next_before_of_a_page_reads_the_page_before(
         self, client: httpx.AsyncClient

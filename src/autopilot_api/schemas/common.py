@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 # Patterns a client can fail, each with what it expects in plain words (a 422 says the words,
 # never the regular expression).
@@ -52,10 +53,15 @@ def is_blank(text: str) -> bool:
 
 def _a_real_timestamp(value: str) -> str:
     # The pattern admits 2026-02-30T25:00:00Z; Postgres would refuse it after a round trip.
+    # Refused as the pattern's own mismatch, so the 422 reads the same either way.
     try:
         datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(PATTERN_HINTS[TIMESTAMP_PATTERN]) from None
+        raise PydanticCustomError(
+            "string_pattern_mismatch",
+            "String should match pattern '{pattern}'",
+            {"pattern": TIMESTAMP_PATTERN},
+        ) from None
     return value
 
 
