@@ -60,18 +60,18 @@ demo: $(UV)
 	$(SYNC) --extra local
 	$(PY) -m examples.demo
 
-## Benchmark the service against its data plane (installs wrk and matplotlib); see bench/run.py.
+## Benchmark the service against its data plane (wrk from PATH, else fetched into .tools/wrk).
 bench: $(UV)
-	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk) >/dev/null
 	$(SYNC) --extra dev --extra bench
 	$(PY) -m bench.run
 
-## The long reliability runs: schemathesis with 200 examples per operation.
+## The long reliability runs: schemathesis with 200 examples per operation, the load scripts.
 check-reliability: install
 	FUZZ_EXAMPLES=200 FUZZ_SEED= $(PY) -m pytest -q -s tests/integration/test_fuzz_api.py
 	EVENTS_SCALE=1 $(PY) -m pytest -q -s tests/integration/test_event_streams_at_scale.py
 	$(PY) -m bench.storage_bounds
 	$(PY) -m bench.event_streams
+	$(PY) -m bench.fair_share
 	SERVER_LIMITS_HEAVY=1 $(PY) -m pytest -q -s tests/integration/test_server_limits_heavy.py
 
 ## ruff and mypy, as CI runs them.

@@ -27,6 +27,7 @@ from bench.run import (
     wrk,
     wrk_with_cpu,
 )
+from bench.wrk_tool import WrkUnavailableError, ensure_wrk
 from tests.fixtures.factories import SPA_ORIGIN
 from tests.fixtures.processes import start_service
 
@@ -37,6 +38,10 @@ def _side_env(name: str) -> dict[str, str]:
 
 
 def main() -> None:
+    try:
+        ensure_wrk()
+    except WrkUnavailableError as error:
+        sys.exit(f"bench: {error}")
     other_src = str(Path(sys.argv[1]).resolve())
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 6
     work = Path(tempfile.mkdtemp(prefix="autopilot-bench-ab-"))

@@ -42,6 +42,7 @@ import psycopg
 from autopilot_api.core.config import PROJECT_ROOT, get_settings
 from autopilot_api.local.dataplane import LocalDataPlane
 from bench.stream_ttfb import measure as measure_ttfb
+from bench.wrk_tool import WrkUnavailableError, ensure_wrk
 from tests.fixtures.factories import SPA_ORIGIN
 from tests.fixtures.fake_openai import FakeOpenAIServer
 from tests.fixtures.processes import ServiceProcess, start_service
@@ -470,8 +471,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed (make bench installs it)")
+    try:
+        ensure_wrk()
+    except WrkUnavailableError as error:
+        sys.exit(f"bench: {error}")
     results = run()
     OUT_DIR.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
