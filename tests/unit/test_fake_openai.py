@@ -239,3 +239,23 @@ def test_sync_use_instant_mode_and_lifecycle() -> None:
         sdk.close()
     with pytest.raises(AssertionError):
         _ = server.base_url
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_billed_tokens_count_whole_answers_only(
+    openai_server: FakeOpenAIServer, client: openai.AsyncOpenAI
+) -> None:
+    usage = {"prompt_tokens": 30, "completion_tokens": 12, "total_tokens": 42}
+    openai_server.script(
+        Reply(text="one", usage=usage),
+        Reply(status=429),
+        Reply(chunks=["a", "b"], usage={**usage, "total_tokens": 7}),
+    )
+    completion = await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert completion.usage is not None
+    with pytest.raises(openai.RateLimitError):
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    # A stream that did not ask for its usage is billed all the same.
+    stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+    assert [chunk async for chunk in stream]
+    assert openai_server.billed_tokens == [42, 7]
