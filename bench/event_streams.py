@@ -60,7 +60,7 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-def _client(base_url: str, **options: Any) -> httpx.AsyncClient:
+def cookieless_client(base_url: str, **options: Any) -> httpx.AsyncClient:
     """A client that keeps no cookies: every request names its own (sessions are made
     concurrently, and a kept cookie would make POST /sessions return the same session)."""
     client = httpx.AsyncClient(base_url=base_url, headers={"Origin": SPA_ORIGIN}, **options)
@@ -68,7 +68,7 @@ def _client(base_url: str, **options: Any) -> httpx.AsyncClient:
     return client
 
 
-async def _session(client: httpx.AsyncClient, ip: str = "127.0.0.1") -> tuple[str, str]:
+async def new_session(client: httpx.AsyncClient, ip: str = "127.0.0.1") -> tuple[str, str]:
     response = await client.post("/api/v1/sessions", headers={"X-Forwarded-For": ip})
     response.raise_for_status()
     return response.json()["id"], f"{COOKIE}={response.cookies[COOKIE]}"
@@ -96,7 +96,7 @@ class Watcher:
 async def _burst_round(
     http: httpx.AsyncClient, database_url: str, *, through: str
 ) -> dict[str, Any]:
-    session_id, cookie = await _session(http)
+    session_id, cookie = await new_session(http)
     watchers = [Watcher() for _ in range(BURST_STREAMS)]
     readies = [asyncio.Event() for _ in watchers]
     tasks = [
@@ -165,7 +165,7 @@ async def _burst_round(
 
 
 async def burst(base_url: str, database_url: str) -> list[dict[str, Any]]:
-    async with _client(
+    async with cookieless_client(
         base_url, timeout=httpx.Timeout(60, read=600), limits=httpx.Limits(max_connections=50)
     ) as http:
         return [
@@ -197,7 +197,7 @@ async def _open_raw(
     return status, json.loads(body)["error"]["code"], None
 
 
-async def _neighbour(base_url: str, cookie: str) -> tuple[float, int, int]:
+async def neighbour_probe(base_url: str, cookie: str) -> tuple[float, int, int]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
@@ -212,7 +212,7 @@ async def _neighbour(base_url: str, cookie: str) -> tuple[float, int, int]:
     return round(float(median), 2), int(ok), int(total)
 
 
-async def _attack_round(
+async def attack_round(
     base_url: str,
     http: httpx.AsyncClient,
     settings: Settings,
@@ -232,7 +232,7 @@ async def _attack_round(
     identities: list[tuple[str, str]] = []
     for batch_start in range(0, len(addresses), 20):
         some = addresses[batch_start : batch_start + 20]
-        sessions = await asyncio.gather(*(_session(http) for _ in some))
+        sessions = await asyncio.gather(*(new_session(http) for _ in some))
         identities.extend((ip, cookie) for ip, (_, cookie) in zip(some, sessions, strict=True))
     held: list[asyncio.StreamWriter] = []
     outcomes: Counter[str] = Counter()
@@ -259,7 +259,7 @@ async def _attack_round(
         if line.startswith("autopilot_event_streams_open{")
     }
     try:
-        neighbour = asyncio.create_task(_neighbour(base_url, neighbour_cookie))
+        neighbour = asyncio.create_task(neighbour_probe(base_url, neighbour_cookie))
         token = mint_user_token(
             settings.supabase_jwt_secret or "",
             issuer=settings.jwt_issuer or LOCAL_SUPABASE_ISSUER,
@@ -269,7 +269,7 @@ async def _attack_round(
         signed_in = await _open_raw(
             host, port, {"Authorization": f"Bearer {token}", "X-Forwarded-For": fresh_ip}
         )
-        _, visitor_cookie = await _session(http, fresh_ip)
+        _, visitor_cookie = await new_session(http, fresh_ip)
         visitor = await _open_raw(
             host, port, {"Cookie": visitor_cookie, "X-Forwarded-For": fresh_ip}
         )
@@ -294,9 +294,9 @@ async def _attack_round(
 
 
 async def attack(base_url: str, settings: Settings) -> list[dict[str, Any]]:
-    async with _client(base_url, timeout=60) as http:
-        _, neighbour_cookie = await _session(http, "192.0.2.200")
-        quiet = await _neighbour(base_url, neighbour_cookie)
+    async with cookieless_client(base_url, timeout=60) as http:
+        _, neighbour_cookie = await new_session(http, "192.0.2.200")
+        quiet = await neighbour_probe(base_url, neighbour_cookie)
         figures: list[dict[str, Any]] = [
             {
                 "quiet neighbour GET /sessions/me": {
@@ -312,7 +312,7 @@ async def attack(base_url: str, settings: Settings) -> list[dict[str, Any]]:
         ]
         for index, (name, ips, per_ip, streams) in enumerate(rounds):
             figures.append(
-                await _attack_round(
+                await attack_round(
                     base_url,
                     http,
                     settings,
