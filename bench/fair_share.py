@@ -494,8 +494,8 @@ def disk() -> list[Figure]:
         Figure(
             "disk",
             "one anonymous visitor filling all it may own (random content, to the caps) in "
-            f"{figures['fill_seconds']} s; refusals at the caps: "
-            f"{figures['refusals_at_the_caps']}",
+            f"{figures['fill_seconds']} s; refused at the caps with "
+            + ", ".join(refusal["code"] for refusal in figures["refusals_at_the_caps"].values()),
             f"{measured / 1e6:.1f} MB stored ({figures['rows']})",
             f'{bound / 1e6:.1f} MB (README "Operations")',
             measured <= bound,
