@@ -31,7 +31,7 @@ import psycopg
 
 from autopilot_api.core.config import Settings
 from autopilot_api.core.security import LOCAL_SUPABASE_ISSUER, mint_user_token
-from bench.harness import service_on_fresh_data_plane
+from bench.harness import plane_settings, service_on_fresh_data_plane
 from tests.fixtures.factories import SPA_ORIGIN
 from tests.fixtures.sse import sse_messages
 
@@ -336,13 +336,7 @@ def main() -> None:
         "METRICS_TOKEN": METRICS_TOKEN,
     }
     with service_on_fresh_data_plane(**env) as (plane, service):
-        assert plane.info is not None
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            supabase_url=plane.info.rest_url,
-            supabase_service_role_key=plane.info.service_role_key,
-            supabase_jwt_secret=plane.info.jwt_secret,
-        )
+        settings = plane_settings(plane)
         figures: dict[str, Any] = {}
         with contextlib.suppress(KeyboardInterrupt):
             if "burst" in which:

@@ -50,15 +50,20 @@ import httpx
 from autopilot_api.core.config import PROJECT_ROOT, Settings
 from autopilot_api.core.security import LOCAL_SUPABASE_ISSUER, mint_user_token
 from autopilot_api.discovery.catalogue import QUESTION_KEYS_IN_ORDER, ROI_INPUT_KEYS
-from bench.event_streams import attack_round, cookieless_client, neighbour_probe, new_session
-from bench.harness import service_on_fresh_data_plane
+from bench.event_streams import (
+    METRICS_TOKEN,
+    attack_round,
+    cookieless_client,
+    neighbour_probe,
+    new_session,
+)
+from bench.harness import plane_settings, service_on_fresh_data_plane
 from bench.storage_bounds import visitor_figures
 from tests.fixtures.factories import SPA_ORIGIN
 from tests.fixtures.fake_openai import FakeOpenAIServer, Reply
 from tests.fixtures.nginx import EdgeProxy, nginx_tools, start_edge
 
 COOKIE = "autopilot_session"
-METRICS_TOKEN = "bench-metrics-token-0123456789"
 MESSAGE_CHARS = 4_000
 # What the steered extraction tries to store, and one plausible answer that must get through.
 STEERED_ANSWERS = {
@@ -199,18 +204,18 @@ def model_and_extraction(scale: Scale, quick: bool) -> list[Figure]:
         model.stop()
 
     billed = model.billed_tokens
-    statuses = sum((v["statuses"] for v in visitors), Counter())
-    offline = sum((v["offline"] for v in visitors), Counter())
+    statuses: Counter[int] = sum((v["statuses"] for v in visitors), Counter())
+    offline: Counter[str] = sum((v["offline"] for v in visitors), Counter())
     sent = scale.sessions * scale.messages
     largest = max(billed, default=0)
-    attack = (
+    described = (
         f"{scale.sessions} anonymous sessions x {scale.messages} messages of "
         f"{MESSAGE_CHARS:,} chars in {seconds:.0f} s"
     )
     figures = [
         Figure(
             "model spend",
-            attack,
+            described,
             f"{sum(billed):,} tokens billed for the IP in {len(billed)} model calls",
             f"{budget:,} (IP budget per hour{', scaled down' if quick else ''}) + "
             f"{largest:,} (the largest call) = {budget + largest:,}",
@@ -225,7 +230,7 @@ def model_and_extraction(scale: Scale, quick: bool) -> list[Figure]:
             statuses.get(201, 0) == sent and sum(offline.values()) > 0,
         ),
     ]
-    implausible = Counter()
+    implausible: Counter[str] = Counter()
     plausible = 0
     for session in stored:
         answers, roi = session.get("answers") or {}, session.get("roiInputs") or {}
@@ -524,13 +529,7 @@ def run(quick: bool) -> list[Figure]:
         "METRICS_TOKEN": METRICS_TOKEN,
     }
     with service_on_fresh_data_plane(**env) as (plane, service):
-        assert plane.info is not None
-        settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            supabase_url=plane.info.rest_url,
-            supabase_service_role_key=plane.info.service_role_key,
-            supabase_jwt_secret=plane.info.jwt_secret,
-        )
+        settings = plane_settings(plane)
         figures += rate_windows(scale, settings, service.base_url)
         figures += streams(scale, settings, service.base_url)
         upstream = service.base_url.removeprefix("http://")

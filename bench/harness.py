@@ -9,8 +9,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from autopilot_api.core.config import Settings
 from autopilot_api.local.dataplane import LocalDataPlane
 from tests.fixtures.processes import ServiceProcess, start_service
+
+
+def plane_settings(plane: LocalDataPlane) -> Settings:
+    """The settings a client of this plane's service needs (its URL, keys, JWT secret)."""
+    assert plane.info is not None
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        supabase_url=plane.info.rest_url,
+        supabase_service_role_key=plane.info.service_role_key,
+        supabase_jwt_secret=plane.info.jwt_secret,
+    )
 
 
 @contextmanager
